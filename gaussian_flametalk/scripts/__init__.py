@@ -1,0 +1,1 @@
+"""The ``gft`` command line and benchmark scripts."""

@@ -1,0 +1,50 @@
+"""The ``gft`` command line: one subcommand per pipeline stage.
+
+Each subcommand's options are the fields of that stage's config dataclass (see ``config.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..config import add_dataclass_args, dataclass_from_args
+from . import doctor
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    config: type
+    run: Callable[[object], int]
+    positional: tuple[str, ...] = ()
+
+
+COMMANDS = (
+    Command("doctor", "report what works on this machine (torch, CUDA, gsplat, landmarks, head models, ffmpeg)",
+            doctor.DoctorConfig, doctor.main),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gft", description="gaussian-flametalk: audio-driven Gaussian head avatars")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_dataclass_args(p, cmd.config, cmd.positional)
+        p.set_defaults(_command=cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cmd: Command = args._command
+    return cmd.run(dataclass_from_args(cmd.config, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
