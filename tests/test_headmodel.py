@@ -278,3 +278,11 @@ def test_load_head_model_specs(flame_dir, monkeypatch):
     assert load_head_model("flame", n_shape=10, n_expression=10).n_vertices == make_synthetic_head().n_vertices
     with pytest.raises(ValueError, match="unknown head model"):
         load_head_model("smpl:/x")
+
+
+def test_vertex_subset_and_landmark_shortcut_match_full_evaluation(model):
+    p = random_params(model, 3, seed=7)
+    full = model(**p)
+    ids = torch.tensor([0, 5, 17, 400, model.n_vertices - 1])
+    assert torch.allclose(model(**p, vertex_ids=ids), full[:, ids], atol=1e-14)
+    assert torch.allclose(model.forward_landmarks(**p), model.landmarks(full), atol=1e-14)

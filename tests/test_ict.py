@@ -329,3 +329,10 @@ def test_obj_parsing_triangulation():
     faces = parse_obj_faces(neutral, N_VERTICES)
     assert faces[:2].tolist() == [[873, 11, 870], [873, 870, 872]]
     assert np.isin(faces, np.arange(N_VERTICES)).all()
+
+
+def test_ict_landmark_shortcut_matches_full_evaluation(model):
+    g = torch.Generator().manual_seed(3)
+    p = {"shape": torch.randn(2, model.n_shape, generator=g), "expression": torch.rand(2, model.n_expression, generator=g),
+         "rotation": torch.randn(2, 3, generator=g) * 0.2, "translation": torch.randn(2, 3, generator=g) * 0.1}
+    assert torch.allclose(model.forward_landmarks(**p), model.landmarks(model(**p)), atol=1e-6)

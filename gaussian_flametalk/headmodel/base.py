@@ -142,14 +142,16 @@ class HeadModel(nn.Module):
         jaw: torch.Tensor | None = None,
         eyes: torch.Tensor | None = None,
         translation: torch.Tensor | None = None,
+        vertex_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Posed vertices.
 
         Args:
             shape: (B, n_shape); expression: (B, n_expression); rotation, neck, jaw, translation: (B, 3);
             eyes: (B, 6). Any may be None (zero); at least one must be given to fix B, dtype and device.
+            vertex_ids: (N,) long, evaluate only these vertices (much cheaper, e.g. for landmark fitting).
         Returns:
-            (B, V, 3) vertices in metres, in the dtype and on the device of the inputs.
+            (B, V, 3) vertices in metres (or (B, N, 3) with vertex_ids), in the dtype and on the device of the inputs.
         """
         given = {
             "shape": shape, "expression": expression, "rotation": rotation, "neck": neck,
@@ -173,10 +175,17 @@ class HeadModel(nn.Module):
         full = {
             n: (v if v is not None else ref.new_zeros(batch, dims[n])).to(ref) for n, v in given.items()
         }
-        return self._deform(**full)
+        return self._deform(**full, vertex_ids=vertex_ids)
 
-    def _deform(self, **params: torch.Tensor) -> torch.Tensor:
+    def _deform(self, vertex_ids: torch.Tensor | None = None, **params: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def forward_landmarks(self, **params: torch.Tensor) -> torch.Tensor:
+        """``landmarks(forward(**params))`` evaluating only the vertices of the landmark triangles: (B, 68, 3)."""
+        tri = self.faces[self.landmark_faces]  # (68, 3)
+        ids, local = torch.unique(tri, return_inverse=True)
+        verts = self(**params, vertex_ids=ids)
+        return barycentric_points(verts, local, self.landmark_bary.to(verts))
 
     def forward_params(self, params: HeadParams) -> torch.Tensor:
         """:meth:`forward` on a :class:`HeadParams` (parts the model lacks must be zero)."""

@@ -83,7 +83,9 @@ class FlameModel(HeadModel):
         self.register_buffer("faces", torch.as_tensor(arrays["f"], dtype=torch.long))
         self.register_buffer("shapedirs", f32(dirs))
         self.register_buffer("posedirs", f32(arrays["posedirs"]))
-        self.register_buffer("j_regressor", f32(arrays["J_regressor"]))
+        j_reg = np.asarray(arrays["J_regressor"], dtype=np.float64)
+        self.register_buffer("joint_template", f32(j_reg @ arrays["v_template"]))
+        self.register_buffer("joint_dirs", f32(np.einsum("jv,vck->jck", j_reg, dirs)))
         self.register_buffer("weights", f32(arrays["weights"]))
         self.register_buffer("landmark_faces", torch.as_tensor(embedding.face_idx, dtype=torch.long))
         self.register_buffer("landmark_bary", f32(embedding.bary))
@@ -127,13 +129,14 @@ class FlameModel(HeadModel):
         regions = load_flame_masks(masks_path, len(arrays["v_template"])) if masks_path is not None else None
         return cls(arrays, embedding, n_shape, n_expression, regions, kind=kind, source=str(model_path), dtype=dtype)
 
-    def _deform(self, shape, expression, rotation, neck, jaw, eyes, translation) -> torch.Tensor:
+    def _deform(self, shape, expression, rotation, neck, jaw, eyes, translation, vertex_ids=None) -> torch.Tensor:
         x = shape
         coeffs = torch.cat([shape, expression], dim=1)
         pose = torch.stack([rotation, neck, jaw, eyes[:, :3], eyes[:, 3:]], dim=1)  # (B, 5, 3)
-        verts, _ = lbs(
-            coeffs, pose, self.template.to(x), self.shapedirs.to(x), self.posedirs.to(x),
-            self.j_regressor.to(x), self.parents, self.weights.to(x),
+        rows = slice(None) if vertex_ids is None else vertex_ids
+        verts = lbs(
+            coeffs, pose, self.template[rows].to(x), self.shapedirs[rows].to(x), self.posedirs[rows].to(x),
+            self.joint_template.to(x), self.joint_dirs.to(x), self.parents, self.weights[rows].to(x),
         )
         return verts + translation[:, None, :]
 

@@ -197,12 +197,14 @@ class IctModel(HeadModel):
             idx = new_index[np.nonzero(regions_full[name] & keep)[0]]
             self.register_buffer(f"region_{name}", torch.as_tensor(idx, dtype=torch.long))
 
-    def _deform(self, shape, expression, rotation, neck, jaw, eyes, translation) -> torch.Tensor:
+    def _deform(self, shape, expression, rotation, neck, jaw, eyes, translation, vertex_ids=None) -> torch.Tensor:
         x = shape
-        batch, n_vertices = shape.shape[0], self.template.shape[0]
-        offsets = shape @ self.shape_basis.to(x).reshape(self.n_shape, n_vertices * 3)
-        offsets = offsets + expression @ self.expression_basis.to(x).reshape(self.n_expression, n_vertices * 3)
-        verts = self.template.to(x) + offsets.reshape(batch, n_vertices, 3)
+        rows = slice(None) if vertex_ids is None else vertex_ids
+        template = self.template[rows].to(x)
+        batch, n_vertices = shape.shape[0], template.shape[0]
+        offsets = shape @ self.shape_basis[:, rows].to(x).reshape(self.n_shape, n_vertices * 3)
+        offsets = offsets + expression @ self.expression_basis[:, rows].to(x).reshape(self.n_expression, n_vertices * 3)
+        verts = template + offsets.reshape(batch, n_vertices, 3)
         rot = axis_angle_to_matrix(rotation)  # (B, 3, 3), about the model origin
         return verts @ rot.transpose(1, 2) + translation[:, None, :]
 

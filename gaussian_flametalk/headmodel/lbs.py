@@ -1,7 +1,7 @@
 """Linear blend skinning with pose correctives (the SMPL/FLAME formulation), as small functional kernels.
 
     v_shaped = template + shapedirs . coeffs
-    joints   = J_regressor . v_shaped
+    joints   = J_regressor . v_shaped   (= J_regressor . template + (J_regressor . shapedirs) . coeffs)
     v_posed  = v_shaped + posedirs . (R_j - I) for j >= 1
     v        = sum_j w_vj * A_j(pose, joints) . v_posed
 """
@@ -16,11 +16,6 @@ from ..geometry.rotation import axis_angle_to_matrix
 def blend_shapes(coeffs: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     """Linear blend shapes. coeffs (B, K), dirs (V, 3, K) -> offsets (B, V, 3)."""
     return torch.einsum("bk,vck->bvc", coeffs, dirs)
-
-
-def regress_joints(j_regressor: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
-    """Joint locations. j_regressor (J, V), vertices (B, V, 3) -> (B, J, 3)."""
-    return torch.einsum("jv,bvc->bjc", j_regressor, vertices)
 
 
 def pose_feature(rotmats: torch.Tensor) -> torch.Tensor:
@@ -75,29 +70,32 @@ def skin(vertices: torch.Tensor, weights: torch.Tensor, transforms: torch.Tensor
 
 
 def lbs(
-    shape_coeffs: torch.Tensor,
+    coeffs: torch.Tensor,
     pose_axis_angle: torch.Tensor,
     template: torch.Tensor,
     shapedirs: torch.Tensor,
     posedirs: torch.Tensor,
-    j_regressor: torch.Tensor,
+    joint_template: torch.Tensor,
+    joint_dirs: torch.Tensor,
     parents: list[int],
     weights: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The full model.
+) -> torch.Tensor:
+    """The full model, on all vertices or on any subset of them (pass the subset's rows).
+
+    Joints are linear in the coefficients, so they come from the regressed template joints and the
+    regressed blend shapes (``joint_template = J_regressor @ template``, ``joint_dirs = J_regressor . shapedirs``)
+    without evaluating every vertex.
 
     Args:
-        shape_coeffs: (B, K) identity and expression coefficients, concatenated to match shapedirs.
+        coeffs: (B, K) identity and expression coefficients, concatenated to match shapedirs.
         pose_axis_angle: (B, J, 3) per-joint axis-angle rotations.
-        template: (V, 3); shapedirs: (V, 3, K); posedirs: (V, 3, (J-1)*9); j_regressor: (J, V);
-        parents: length J; weights: (V, J).
+        template: (V, 3); shapedirs: (V, 3, K); posedirs: (V, 3, (J-1)*9); weights: (V, J) — all rows of the
+        same V vertices; joint_template: (J, 3); joint_dirs: (J, 3, K); parents: length J.
     Returns:
-        posed vertices (B, V, 3) and posed joint locations (B, J, 3).
+        posed vertices (B, V, 3).
     """
-    v_shaped = template + blend_shapes(shape_coeffs, shapedirs)
-    joints = regress_joints(j_regressor, v_shaped)
+    v_shaped = template + blend_shapes(coeffs, shapedirs)
+    joints = joint_template + blend_shapes(coeffs, joint_dirs)
     rotmats = axis_angle_to_matrix(pose_axis_angle)
     v_posed = v_shaped + blend_shapes(pose_feature(rotmats), posedirs)
-    transforms = chain_transforms(rotmats, joints, parents)
-    posed_joints = (transforms[..., :3, :3] @ joints[..., None])[..., 0] + transforms[..., :3, 3]
-    return skin(v_posed, weights, transforms), posed_joints
+    return skin(v_posed, weights, chain_transforms(rotmats, joints, parents))
