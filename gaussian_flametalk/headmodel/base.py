@@ -108,6 +108,8 @@ class HeadModel(nn.Module):
     n_expression: int
     pose_parts: tuple[str, ...]
     expression_names: list[str]
+    #: Valid range of expression coefficients (blend-shape weights are in [0, 1]); None = unbounded (PCA).
+    expression_bounds: tuple[float, float] | None = None
 
     template: torch.Tensor
     faces: torch.Tensor

@@ -133,6 +133,7 @@ class IctModel(HeadModel):
     """
 
     kind = "ict"
+    expression_bounds = (0.0, 1.0)
     pose_parts = ("rotation",)
 
     def __init__(
