@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import add_dataclass_args, dataclass_from_args
+from ..tracking import track
 from . import doctor
 
 
@@ -26,6 +27,8 @@ class Command:
 COMMANDS = (
     Command("doctor", "report what works on this machine (torch, CUDA, gsplat, landmarks, head models, ffmpeg)",
             doctor.DoctorConfig, doctor.main),
+    Command("track", "track a talking-head video into a SUBJECT folder (frames, masks, landmarks, head parameters)",
+            track.TrackConfig, track.main, positional=("video",)),
 )
 
 

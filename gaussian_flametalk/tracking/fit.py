@@ -57,7 +57,7 @@ class FitConfig:
     optimize_focal: bool = field(default=True, metadata={"help": "estimate the focal length (else keep focal_init)"})
     camera_distance: float = field(default=1.0, metadata={"help": "camera z in the head model's world (metres)"})
     rigid_iters: int = field(default=50, metadata={"help": "Levenberg-Marquardt iterations of the rigid stage"})
-    full_iters: int = field(default=30, metadata={"help": "Levenberg-Marquardt iterations of the full stage"})
+    full_iters: int = field(default=20, metadata={"help": "Levenberg-Marquardt iterations of the full stage"})
     smooth_iters: int = field(default=100, metadata={"help": "L-BFGS iterations of the smoothing stage"})
     robust_scale: float = field(default=0.05, metadata={"help": "pseudo-Huber scale of landmark residuals, in inter-ocular distances"})
     w_shape: float = field(default=1e-7, metadata={"help": "prior weight on shape coefficients"})
@@ -268,15 +268,15 @@ def _solve_lm(problem: _Problem, stage: str, shared: list[str], iters: int, prog
         v.update({n: t.reshape(v0[n].shape) for n, t in zip(shared, sh.split(sizes_s))})
         return v
 
-    def project_bounds(x: torch.Tensor) -> torch.Tensor:
-        b = problem.model.expression_bounds
-        if b is None or "expression" not in frame:
-            return x
+    # box constraints (blend-shape weights in [0, 1]) on the expression columns, as per-column bounds
+    lo_x = torch.full((sum(sizes_x),), -math.inf, dtype=w.dtype, device=w.device)
+    hi_x = torch.full_like(lo_x, math.inf)
+    b = problem.model.expression_bounds
+    if b is not None and "expression" in frame:
         i = frame.index("expression")
-        lo = sum(sizes_x[:i])
-        x = x.clone()
-        x[:, lo : lo + sizes_x[i]] = x[:, lo : lo + sizes_x[i]].clamp(*b)
-        return x
+        lo_x[sum(sizes_x[:i]) : sum(sizes_x[: i + 1])] = b[0]
+        hi_x[sum(sizes_x[:i]) : sum(sizes_x[: i + 1])] = b[1]
+    bounded = bool(torch.isfinite(lo_x).any())
 
     # quadratic priors as diagonal Hessians and centres, per frame (scaled by 1/T: they are frame means) and shared
     hx = torch.zeros(sum(sizes_x), dtype=w.dtype, device=w.device)
@@ -321,6 +321,12 @@ def _solve_lm(problem: _Problem, stage: str, shared: list[str], iters: int, prog
         V = (js.transpose(1, 2) @ (wr * js)).sum(0) + torch.diag(hs / 2)
         gx = (jx.transpose(1, 2) @ (wr * rf))[..., 0] + hx / 2 * (x - cx)
         gs = (js.transpose(1, 2) @ (wr * rf)).sum(0)[:, 0] + hs / 2 * (sh - cs)
+        if bounded:  # projected Newton: unknowns held at a bound by their gradient are frozen for this step
+            active = ((x <= lo_x) & (gx > 0)) | ((x >= hi_x) & (gx < 0))  # (T, n_x)
+            keep = (~active).to(x.dtype)
+            U = U * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(active.to(x.dtype))
+            W = W * keep[:, :, None]
+            gx = gx * keep
         improvement = 0.0
         for _attempt in range(12):
             Ui = torch.linalg.inv(U + lam * torch.diag_embed(U.diagonal(dim1=1, dim2=2) + 1e-12))
@@ -329,7 +335,7 @@ def _solve_lm(problem: _Problem, stage: str, shared: list[str], iters: int, prog
             rhs = gs - (UiW.transpose(1, 2) @ gx[..., None]).sum(0)[:, 0]
             ds = torch.linalg.solve(schur, rhs) if sh.numel() else rhs
             dx = (Ui @ gx[..., None])[..., 0] - (UiW @ ds[:, None])[..., 0]
-            x_new, sh_new = project_bounds(x - dx), sh - ds
+            x_new, sh_new = torch.maximum(torch.minimum(x - dx, hi_x), lo_x), sh - ds
             with torch.no_grad():
                 c_new = float(problem.loss(split(x_new, sh_new), stage))
             if c_new < best:

@@ -1,0 +1,1 @@
+"""Evaluation: stability (wobble), lip sync, image and motion metrics, reports."""

@@ -1,0 +1,215 @@
+"""``gft track``: a talking-head video to a tracked SUBJECT folder (see ``subject.py`` for the layout).
+
+Steps, each with progress: probe the video; scan it for faces at a low rate to choose ONE fixed square crop
+for the whole clip (a per-frame crop alone makes wobble) and to reject clips with no face or several; extract
+the sound as 16 kHz mono; stream the cropped, resized frames at the target fps once, saving each frame and its
+foreground mask and detecting its landmarks; fit the head model to the landmarks (``fit.py``); draw the
+overlay video. Everything is written under ``SUBJECT.partial/`` and renamed to ``SUBJECT`` at the end; a
+re-run reuses a finished detection pass found there.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import config_to_dict
+from ..headmodel import HeadModel, load_head_model
+from .crop import find_crop
+from .fit import FitConfig, FitResult, fit_landmarks
+from .landmarks import ClipLandmarks, check_faces, detect_clip, inter_ocular, interpolate_missing, make_detector
+from .masks import ForegroundSegmenter
+from .overlay import draw_overlay, mesh_edges
+from .subject import frame_name, mask_name, read_frame, save_camera, write_json
+from .video import extract_audio, iter_frames, probe_video, write_video
+
+
+@dataclass(kw_only=True)
+class TrackConfig(FitConfig):
+    """Options of ``gft track`` (the fitter's options included)."""
+
+    video: Path = field(metadata={"help": "input video (mp4, mov, mkv, webm; h264, hevc, vp9)"})
+    out: Path = field(metadata={"help": "SUBJECT folder to create"})
+    head_model: str = field(default="ict", metadata={"help": "flame:PATH | ict:PATH | synthetic (flame/ict alone read GFT_FLAME/GFT_ICT)"})
+    n_shape: int | None = field(default=None, metadata={"help": "identity components to fit (default: FLAME 300, all ICT modes)"})
+    fps: float = field(default=25.0, metadata={"help": "frame rate to resample the video to"})
+    size: int = field(default=512, metadata={"help": "side of the square output frames in pixels"})
+    detector: str = field(default="mediapipe", metadata={"help": "landmark detector: mediapipe | face-alignment"})
+    device: str = field(default="cpu", metadata={"help": "torch device for fitting (cpu, cuda, ...)"})
+    overlay: bool = field(default=True, metadata={"help": "write overlay.mp4 (mesh and landmarks over the frames)"})
+    force: bool = field(default=False, metadata={"help": "redo a SUBJECT folder that is already complete"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+
+def _log(msg: str) -> None:
+    print(f"[gft track] {msg}", file=sys.stderr, flush=True)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("gaussian-flametalk", "torch", "numpy", "mediapipe", "opencv-contrib-python", "imageio-ffmpeg"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _detection_pass(cfg: TrackConfig, work: Path, crop, n_expected: int) -> ClipLandmarks:
+    """Stream the cropped frames once: save frames and masks, detect landmarks. Returns the raw detections."""
+    import cv2
+
+    (work / "frames").mkdir(parents=True, exist_ok=True)
+    (work / "masks").mkdir(parents=True, exist_ok=True)
+    segmenter = ForegroundSegmenter()
+
+    def frames():
+        for i, frame in enumerate(iter_frames(cfg.video, fps=cfg.fps, crop=crop, size=cfg.size)):
+            cv2.imwrite(str(work / "frames" / frame_name(i)), frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+            cv2.imwrite(str(work / "masks" / mask_name(i)), np.round(segmenter.segment(frame) * 255).astype(np.uint8))
+            yield frame
+
+    detector = make_detector(cfg.detector, max_num_faces=2) if cfg.detector == "mediapipe" else make_detector(cfg.detector)
+    try:
+        return detect_clip(frames(), detector, progress=cfg.progress, total=n_expected, desc="frames, masks, landmarks")
+    finally:
+        detector.close()
+        segmenter.close()
+
+
+def _write_overlay(cfg: TrackConfig, work: Path, model: HeadModel, fit: FitResult, clip: ClipLandmarks, audio: Path | None) -> None:
+    """overlay.mp4: the fitted mesh's front-facing wireframe (face and head regions) and both landmark sets."""
+    from ..headmodel import vertex_normals
+
+    regions = model.regions
+    keep = torch.unique(torch.cat([regions["face"], regions["scalp"], regions["neck"]]))
+    edges = mesh_edges(model.faces.cpu(), keep.cpu())
+    p, cam = fit.params, fit.camera
+    eye = cam.viewmat.inverse()[:3, 3]  # camera centre in world coordinates
+    T = p.batch
+
+    def frames():
+        for start in range(0, T, 25):
+            sl = slice(start, min(start + 25, T))
+            with torch.no_grad():
+                verts = model.forward_params(p[sl])
+                normals = vertex_normals(verts, model.faces)
+                visible = ((eye - verts) * normals).sum(-1) > 0
+                v2d = cam.project(verts)
+            for k, i in enumerate(range(sl.start, sl.stop)):
+                det = clip.points68[i] if clip.found[i] else None
+                yield draw_overlay(read_frame(work, i), v2d[k].cpu().numpy(), visible[k].cpu().numpy(),
+                                   edges, det, fit.landmarks2d[i].cpu().numpy())
+
+    write_video(work / "overlay.mp4", tqdm(frames(), total=T, desc="overlay", unit="frame", disable=not cfg.progress),
+                cfg.fps, audio_wav=audio)
+
+
+def track(cfg: TrackConfig) -> Path:
+    """Run the tracking stage; returns the SUBJECT folder."""
+    out = Path(cfg.out)
+    if (out / "meta.json").is_file() and not cfg.force:
+        _log(f"{out} is already tracked (use --force to redo it)")
+        return out
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    # Fail early on bad input, before writing anything.
+    info = probe_video(cfg.video)
+    model = load_head_model(cfg.head_model, n_shape=cfg.n_shape).to(torch.device(cfg.device))
+    work = out.with_name(out.name + ".partial")
+    settings = {"video": str(Path(cfg.video).resolve()), "fps": cfg.fps, "size": cfg.size, "detector": cfg.detector}
+    settings_path = work / "detection.json"
+    reuse = (work / "landmarks.npz").is_file() and settings_path.is_file() and json.loads(settings_path.read_text()) == settings
+    if not reuse:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+    _log(f"{cfg.video}: {info.width}x{info.height}, {info.fps:.2f} fps, {info.duration:.1f} s, "
+         f"{'with' if info.has_audio else 'without'} sound; head model {model.kind} ({model.n_vertices} vertices)")
+
+    t0 = time.perf_counter()
+    detector = make_detector(cfg.detector, max_num_faces=2) if cfg.detector == "mediapipe" else make_detector(cfg.detector)
+    try:
+        crop, scan = find_crop(cfg.video, detector, progress=cfg.progress)
+    finally:
+        detector.close()
+    check_faces(scan, cfg.video)
+    timings["crop_scan_s"] = time.perf_counter() - t0
+    _log(f"crop: x={crop.x} y={crop.y} size={crop.size} (source pixels) -> {cfg.size}x{cfg.size}")
+
+    audio = work / "audio.wav"
+    has_audio = extract_audio(cfg.video, audio) if info.has_audio else False
+
+    t0 = time.perf_counter()
+    if reuse:
+        clip = ClipLandmarks.load(work / "landmarks.npz")
+        _log(f"reusing the finished detection pass in {work}")
+    else:
+        clip = _detection_pass(cfg, work, crop, int(round(info.duration * cfg.fps)))
+        clip.save(work / "landmarks.npz")
+        write_json(settings_path, settings)
+    timings["detect_s"] = time.perf_counter() - t0
+    T = len(clip)
+    check_faces(clip, cfg.video)
+    filled = interpolate_missing(clip)
+    _log(f"{T} frames; face found in {int(clip.found.sum())} ({100 * clip.found.mean():.1f} %)")
+
+    t0 = time.perf_counter()
+    dt = torch.float32  # measured: float64 gives the same fit on real clips at twice the time
+    model = model.to(dtype=dt)
+    lmk = torch.as_tensor(np.nan_to_num(filled.points68), dtype=dt, device=cfg.device)
+    conf = torch.as_tensor(filled.confidence * filled.found[:, None], dtype=dt, device=cfg.device)
+    fit = fit_landmarks(model, lmk, conf, cfg.size, cfg.size, cfg, progress=cfg.progress)
+    timings["fit_s"] = time.perf_counter() - t0
+    iod = float(np.nanmedian(inter_ocular(clip.points68[clip.found])))
+    err = fit.error_px[torch.isfinite(fit.error_px)]
+    figures = {
+        "frames": T, "face_found_share": float(clip.found.mean()),
+        "focal_px": float(fit.camera.K[0, 0]),
+        "reprojection_error_px": float(err.mean()), "reprojection_error_iod": float(err.mean()) / iod,
+        "inter_ocular_px": iod,
+    }
+    _log(f"fit: focal {figures['focal_px']:.0f} px, mean landmark error {figures['reprojection_error_px']:.2f} px "
+         f"({100 * figures['reprojection_error_iod']:.2f} % of the inter-ocular distance)")
+    arrays = {k: v.astype(np.float32) for k, v in fit.params.to_numpy().items()}
+    np.savez(work / "params.npz", **arrays, landmarks2d=fit.landmarks2d.cpu().numpy().astype(np.float32),
+             error_px=fit.error_px.cpu().numpy().astype(np.float32), focal=np.float32(fit.camera.K[0, 0]))
+    save_camera(work / "camera.json", fit.camera, cfg.fps)
+
+    if cfg.overlay:
+        t0 = time.perf_counter()
+        _write_overlay(cfg, work, model, fit, clip, audio if has_audio else None)
+        timings["overlay_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_all
+    figures.update({f"{k[:-2]}_fps": T / v for k, v in timings.items() if k in ("detect_s", "fit_s", "overlay_s") and v > 0})
+    meta = {
+        "stage": "track", "config": config_to_dict(cfg), "versions": _versions(),
+        "head_model": {"spec": cfg.head_model, "kind": model.kind, "n_shape": model.n_shape, "n_expression": model.n_expression},
+        "video": {"path": str(Path(cfg.video).resolve()), "width": info.width, "height": info.height, "fps": info.fps,
+                  "duration": info.duration, "has_audio": has_audio},
+        "crop": crop.to_dict(), "n_frames": T, "fps": cfg.fps, "size": cfg.size, "has_audio": has_audio,
+        "timings": timings, "figures": figures,
+    }
+    write_json(work / "meta.json", meta)
+    (work / settings_path.name).unlink(missing_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    _log(f"wrote {out} in {timings['total_s']:.0f} s")
+    return out
+
+
+def main(cfg: TrackConfig) -> int:
+    track(cfg)
+    return 0
