@@ -1,0 +1,178 @@
+"""Rasterizer benchmark: time and peak memory of the reference and gsplat backends on avatar-like scenes.
+
+    python -m gaussian_flametalk.scripts.bench_render [--repeats 5] [--cases NAME ...]
+
+Scene: Gaussians on the surface of a head-sized ellipsoid (radii 0.16, 0.2, 0.18 m, surface noise 1 cm) 1 m in front
+of the camera, focal length 2 x width, scales 2-6 mm (one axis flattened), opacities uniform in [0.05, 0.99], SH
+degree 3. Each case runs in a fresh subprocess so that its peak resident memory (VmHWM from /proc/self/status) is
+its own. CPU cases always run; the CUDA cases (gsplat, and the reference on the GPU) run when torch sees a GPU.
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..avatar.rasterize import render
+from ..geometry.camera import Camera
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    backend: str
+    device: str
+    size: int
+    n_gaussians: int
+    backward: bool
+
+
+CASES = [
+    Case("ref-cpu-256-20k-fwdbwd", "reference", "cpu", 256, 20_000, True),
+    Case("ref-cpu-256-20k-fwd", "reference", "cpu", 256, 20_000, False),
+    Case("ref-cpu-512-100k-fwd", "reference", "cpu", 512, 100_000, False),
+    Case("ref-cpu-512-100k-fwdbwd", "reference", "cpu", 512, 100_000, True),
+    Case("gsplat-cuda-512-100k-fwd", "gsplat", "cuda", 512, 100_000, False),
+    Case("gsplat-cuda-512-100k-fwdbwd", "gsplat", "cuda", 512, 100_000, True),
+    Case("ref-cuda-512-100k-fwd", "reference", "cuda", 512, 100_000, False),
+    Case("ref-cuda-512-100k-fwdbwd", "reference", "cuda", 512, 100_000, True),
+]
+
+
+def head_scene(n: int, size: int, seed: int = 0, device: str = "cpu") -> tuple[dict[str, torch.Tensor], Camera]:
+    """Random avatar-like scene: ``render`` keyword tensors (float32, SH degree 3) and a ``size`` x ``size`` camera."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(n, 3, generator=g)
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    radii = torch.tensor([0.16, 0.2, 0.18])
+    means = dirs * radii * (1.0 + 0.05 * torch.randn(n, 1, generator=g))
+    scales = torch.exp(torch.empty(n, 3).uniform_(math.log(0.002), math.log(0.006), generator=g))
+    scales[:, 2] *= 0.3
+    sh = torch.randn(n, 16, 3, generator=g) * 0.1
+    sh[:, 0] = torch.rand(n, 3, generator=g) * 2.0 - 0.5
+    tensors = {
+        "means": means,
+        "quats": torch.randn(n, 4, generator=g),
+        "scales": scales,
+        "opacities": torch.empty(n).uniform_(0.05, 0.99, generator=g),
+        "colors": sh,
+    }
+    camera = Camera.look_at((0.0, 0.0, -1.0), (0.0, 0.0, 0.0), focal=2.0 * size, width=size, height=size)
+    return {k: v.to(device) for k, v in tensors.items()}, camera.to(device)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_case(case: Case, repeats: int) -> dict[str, object]:
+    """Time one case in this process; returns seconds (median, min) and peak memory."""
+    tensors, camera = head_scene(case.n_gaussians, case.size, device=case.device)
+    if case.backward:
+        for t in tensors.values():
+            t.requires_grad_(True)
+    weights = torch.rand(case.size, case.size, 3, generator=torch.Generator().manual_seed(1)).to(case.device)
+
+    def step() -> None:
+        image, _, _ = render(**tensors, camera=camera, sh_degree=3, backend=case.backend)
+        if case.backward:
+            (image * weights).sum().backward()
+
+    times = _timed(step, case.device, repeats + 1)[1:]  # the first run warms up
+    result: dict[str, object] = {"seconds": statistics.median(times), "min_seconds": min(times)}
+    result["peak_rss_gb"] = _peak_rss_gb()
+    if case.device == "cuda":
+        result["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
+
+
+def _timed(fn: Callable[[], None], device: str, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _peak_rss_gb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB -> GiB
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _loadavg() -> str:
+    """1-minute load average (other processes on a shared machine slow the timings)."""
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
+
+
+def cpu_name() -> str:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (after one warm-up)")
+    parser.add_argument("--cases", nargs="*", default=None, help="case names (default: all that this machine can run)")
+    parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)  # internal: the per-case subprocess
+    args = parser.parse_args(argv)
+
+    by_name = {c.name: c for c in CASES}
+    if args.run_one is not None:
+        print(json.dumps(run_case(by_name[args.run_one], args.repeats)))
+        return
+
+    cases = [by_name[n] for n in args.cases] if args.cases else CASES
+    cuda = torch.cuda.is_available()
+    device_desc = f"CPU: {cpu_name()}, {torch.get_num_threads()} torch threads"
+    if cuda:
+        device_desc += f"; GPU: {torch.cuda.get_device_name()}"
+    print(f"# Rasterizer benchmark\n\n{device_desc}; torch {torch.__version__}; load average {_loadavg()}\n")
+    print("| case | backend | device | image | Gaussians | pass | median s | min s | FPS (median) | peak RSS GB | peak CUDA GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for case in cases:
+        if case.device == "cuda" and not cuda:
+            print(f"| {case.name} | {case.backend} | cuda | | | | skipped: no GPU | | | | |")
+            continue
+        proc = subprocess.run(
+            [sys.executable, "-m", __spec__.name, "--run-one", case.name, "--repeats", str(args.repeats)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            reason = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+            print(f"| {case.name} | {case.backend} | {case.device} | | | | failed: {reason} | | | | |")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        cuda_gb = f"{r['peak_cuda_gb']:.2f}" if "peak_cuda_gb" in r else ""
+        print(
+            f"| {case.name} | {case.backend} | {case.device} | {case.size}x{case.size} | {case.n_gaussians} | "
+            f"{'fwd+bwd' if case.backward else 'fwd'} | {r['seconds']:.3f} | {r['min_seconds']:.3f} | {1.0 / r['seconds']:.1f} | "
+            f"{r['peak_rss_gb']:.2f} | {cuda_gb} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
