@@ -249,7 +249,7 @@ def synthetic_arrays(seed: int = 0) -> tuple[dict[str, np.ndarray], LandmarkEmbe
     shape[:, 0, 7] = np.sign(p[:, 0]) * (_bump(p, (4.5, -2, 5), (2, 2, 3)) + _bump(p, (-4.5, -2, 5), (2, 2, 3))) * CM
     shape[:, 2, 8] = _smoothstep(4 * CM, 9 * CM, y) * front * CM
     shape[:, [0, 2], 9] = (p[:, [0, 2]] - [0, -1 * CM]) / (5 * CM) * is_neck[:, None] * CM
-    for ids, c in ((eye_l, 0), (eye_r, 1)):  # eyeballs move rigidly with the face around them
+    for ids in (eye_l, eye_r):  # eyeballs move rigidly with the face around them
         shape[ids] = shape[ids].mean(0, keepdims=True)
 
     # Expression components (about 5 mm per unit coefficient at their peak).
