@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import add_dataclass_args, dataclass_from_args
+from ..flametalk.train import TalkConfig
+from ..flametalk.train import main as train_talk_main
 from ..tracking import track
 from . import doctor
 
@@ -29,6 +31,8 @@ COMMANDS = (
             doctor.DoctorConfig, doctor.main),
     Command("track", "track a talking-head video into a SUBJECT folder (frames, masks, landmarks, head parameters)",
             track.TrackConfig, track.main, positional=("video",)),
+    Command("train-talk", "train FlameTalk (speech to expression + jaw) on SUBJECT folders (writes SUBJECT/talk)",
+            TalkConfig, train_talk_main, positional=("subjects",)),
 )
 
 

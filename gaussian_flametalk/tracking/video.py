@@ -92,7 +92,7 @@ def _check_exists(path: Path) -> None:
         raise VideoError(f"{path}: not a file")
 
 
-def _ffmpeg_reason(stderr: str, path: Path | None = None) -> str:
+def ffmpeg_reason(stderr: str, path: Path | None = None) -> str:
     """The most telling lines of an ffmpeg log: error lines, without the banner and the generic trailer."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     skip = ("At least one output file must be specified", "Error opening input files", "Error opening input file")
@@ -131,7 +131,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                           capture_output=True, text=True, errors="replace")
     err = proc.stderr
     if "Input #0" not in err:
-        raise VideoError(f"{path}: not a readable video file ({_ffmpeg_reason(err)})")
+        raise VideoError(f"{path}: not a readable video file ({ffmpeg_reason(err)})")
     # only the input section (the trailer complains about the missing output)
     video_line = audio_line = None
     rotation = 0
@@ -149,7 +149,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         if r and in_video:
             rotation = int(round(float(r.group(1)))) % 360
     if video_line is None:
-        raise VideoError(f"{path}: no video stream ({_ffmpeg_reason(err)})")
+        raise VideoError(f"{path}: no video stream ({ffmpeg_reason(err)})")
     rest = video_line.group(3) + " "
     size = _SIZE_RE.search(rest)
     if not size:
@@ -285,14 +285,14 @@ def iter_frames(path: str | os.PathLike, fps: float | None = 25.0, crop: CropBox
             proc.stderr.close()
     stderr = "\n".join(err_lines)
     if proc.returncode != 0:
-        raise VideoError(f"{path}: ffmpeg could not decode the video ({_ffmpeg_reason(stderr)})")
+        raise VideoError(f"{path}: ffmpeg could not decode the video ({ffmpeg_reason(stderr)})")
     if n == 0:
-        raise VideoError(f"{path}: no frame could be decoded ({_ffmpeg_reason(stderr)})")
+        raise VideoError(f"{path}: no frame could be decoded ({ffmpeg_reason(stderr)})")
     expected = _expected_frames(info, fps, start, duration)
     if expected and n < expected - max(2, int(0.02 * expected)):
         reported = re.search(r"partial file|corrupt|invalid|error", stderr, re.I)
         msg = (f"{path}: truncated or corrupt video: decoded {n} of about {expected} frames "
-               f"({_ffmpeg_reason(stderr) if reported else 'the stream ends before the duration in its header'})")
+               f"({ffmpeg_reason(stderr) if reported else 'the stream ends before the duration in its header'})")
         if strict and reported:
             raise VideoError(msg)
         log.warning(msg)
@@ -347,7 +347,7 @@ def extract_audio(path: str | os.PathLike, out_wav: str | os.PathLike, sample_ra
     proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     if proc.returncode != 0 or not tmp.exists():
         tmp.unlink(missing_ok=True)
-        raise VideoError(f"{path}: could not extract the audio ({_ffmpeg_reason(proc.stderr)})")
+        raise VideoError(f"{path}: could not extract the audio ({ffmpeg_reason(proc.stderr)})")
     os.replace(tmp, out_wav)
     return True
 
@@ -404,7 +404,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarr
             raise
         if rc != 0:
             tmp.unlink(missing_ok=True)
-            raise VideoError(f"{path}: ffmpeg could not encode the video ({_ffmpeg_reason(errlog.read())})")
+            raise VideoError(f"{path}: ffmpeg could not encode the video ({ffmpeg_reason(errlog.read())})")
     os.replace(tmp, path)
     return n
 

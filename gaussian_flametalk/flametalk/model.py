@@ -1,0 +1,281 @@
+"""FlameTalk: a FaceFormer-style transformer from speech features to head-model motion (expression + jaw).
+
+Shapes: B clips, T video frames, 2T audio features (two 50 Hz features per 25 fps frame), M = head-model motion
+size (``HeadModel.motion_dim``: expression coefficients, then the jaw axis-angle where the model has a jaw joint).
+
+    feats (B, 2T, A) --audio_proj--> memory (B, 2T, d)
+    history (B, T, M) (row t = motion of frame t-1, row 0 the start token) --motion_in--> O_v (B, T, d)
+    template (B, V, 3) --StyleEncoder--> S (B, d);  O_sv = S + O_v;  PPE(O_sv)
+    TransformerDecoder(PPE(O_sv), memory, tgt_mask = biased causal mask, memory_mask = alignment mask) (B, T, d)
+    --motion_out--> motion (B, T, M)   (motion is normalised by the training set's mean/std inside the model)
+
+Inference (:func:`predict`, :class:`StreamingPredictor`): audio is cut into windows of ``window`` frames overlapping
+by ``overlap`` frames; each window is encoded with ``context`` frames of audio on both sides and decoded
+autoregressively (each predicted frame fed back as the next history row, as trained) or in parallel (one pass with
+the mean motion as history, the history-dropout case of training); overlaps are cross-faded linearly, so joins are
+seamless. One-shot prediction is the streaming predictor fed the whole clip at once: streaming gives the same frames.
+For a trained model, the autoregressive result Y satisfies ``Y == model(feats, style, shift(Y))`` in one pass
+(the causal mask makes frame t depend only on history rows <= t); parallel mode replaces the history with the mean.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .audio import SAMPLE_RATE
+from .encoders import AudioEncoder, frames_for_samples
+
+__all__ = ["FlameTalk", "FlameTalkSpec", "StreamingPredictor", "StyleEncoder", "alibi_slopes", "alignment_mask",
+           "biased_causal_mask", "periodic_positional_encoding", "predict"]
+
+
+def periodic_positional_encoding(n: int, dim: int, period: int) -> torch.Tensor:
+    """FaceFormer's PPE: the sinusoidal encoding of ``t mod period``. Returns (n, dim):
+    PPE[t, 2i] = sin((t mod p) / 10000^(2i/dim)), PPE[t, 2i+1] = cos(same)."""
+    pos = (torch.arange(n) % period).float()[:, None]
+    div = torch.exp(torch.arange(0, dim, 2).float() * (-math.log(10000.0) / dim))
+    pe = torch.zeros(n, dim)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
+    return pe
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi's geometric head slopes m_h = 2^(-8 (h+1) / H), h = 0..H-1: (H,)."""
+    return torch.pow(2.0, -8.0 * torch.arange(1, n_heads + 1).float() / n_heads)
+
+
+def biased_causal_mask(n: int, n_heads: int, period: int) -> torch.Tensor:
+    """Additive self-attention bias (H, n, n): B[h, i, j] = -m_h * floor((i - j) / period) for j <= i, -inf for
+    j > i (no attention to the future)."""
+    i = torch.arange(n)[:, None]
+    j = torch.arange(n)[None, :]
+    dist = torch.div(i - j, period, rounding_mode="floor").float()
+    bias = -alibi_slopes(n_heads)[:, None, None] * dist[None]
+    return bias.masked_fill((j > i)[None], float("-inf"))
+
+
+def alignment_mask(n_frames: int, n_audio: int | None = None) -> torch.Tensor:
+    """Additive audio-motion alignment mask (n_frames, n_audio): 0 where audio feature k belongs to frame t
+    (k = 2t or 2t + 1), -inf elsewhere."""
+    n_audio = 2 * n_frames if n_audio is None else n_audio
+    t = torch.arange(n_frames)[:, None]
+    k = torch.arange(n_audio)[None, :]
+    return torch.zeros(n_frames, n_audio).masked_fill(k // 2 != t, float("-inf"))
+
+
+class StyleEncoder(nn.Module):
+    """Template mesh -> identity embedding S: a linear map of the centred positions of ``n_points`` vertices.
+    (B, V, 3) -> (B, d)."""
+
+    def __init__(self, n_vertices: int, dim: int, n_points: int = 512) -> None:
+        super().__init__()
+        ids = torch.linspace(0, n_vertices - 1, min(n_points, n_vertices)).round().long()
+        self.register_buffer("vertex_ids", ids)
+        self.proj = nn.Linear(3 * ids.numel(), dim)
+
+    def forward(self, template: torch.Tensor) -> torch.Tensor:
+        pts = template[:, self.vertex_ids]
+        pts = pts - pts.mean(dim=1, keepdim=True)
+        return self.proj(pts.flatten(1) * 10.0)  # metres -> decimetres, so the inputs are of order one
+
+
+@dataclass
+class FlameTalkSpec:
+    """Architecture (saved in checkpoints)."""
+
+    motion_dim: int
+    audio_dim: int
+    n_vertices: int
+    dim: int = 64
+    heads: int = 4
+    layers: int = 1
+    ff_mult: int = 2
+    period: int = 25
+    dropout: float = 0.1
+
+
+class FlameTalk(nn.Module):
+    """The FlameTalk decoder (see the module docstring)."""
+
+    def __init__(self, spec: FlameTalkSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        d = spec.dim
+        self.audio_proj = nn.Linear(spec.audio_dim, d)
+        self.style = StyleEncoder(spec.n_vertices, d)
+        self.motion_in = nn.Linear(spec.motion_dim, d)
+        layer = nn.TransformerDecoderLayer(d, spec.heads, spec.ff_mult * d, spec.dropout, batch_first=True)
+        self.decoder = nn.TransformerDecoder(layer, spec.layers)
+        self.motion_out = nn.Linear(d, spec.motion_dim)
+        nn.init.zeros_(self.motion_out.weight)
+        nn.init.zeros_(self.motion_out.bias)
+        self.register_buffer("motion_mean", torch.zeros(spec.motion_dim))
+        self.register_buffer("motion_std", torch.ones(spec.motion_dim))
+
+    def set_motion_stats(self, motion: torch.Tensor) -> None:
+        """Normalise by the mean/std of training motion (N, M)."""
+        self.motion_mean.copy_(motion.mean(0))
+        self.motion_std.copy_(motion.std(0).clamp_min(1e-4))
+
+    def forward(self, feats: torch.Tensor, style: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+        """One parallel pass.
+
+        Args:
+            feats: (B, 2T, A) aligned audio features. style: (B, d) from :attr:`style` of the template.
+            history: (B, T, M) motion of frames t-1 (row 0 is replaced by the start token); None = the mean motion.
+        Returns:
+            (B, T, M) motion.
+        """
+        b, n2, _ = feats.shape
+        t = n2 // 2
+        if history is None:
+            hist = feats.new_zeros(b, t, self.spec.motion_dim)
+        else:
+            hist = (history - self.motion_mean) / self.motion_std
+            hist = torch.cat([hist.new_zeros(b, 1, hist.shape[2]), hist[:, 1:]], dim=1)
+        x = self.motion_in(hist) + style[:, None]  # O_sv = S + O_v
+        x = x + periodic_positional_encoding(t, self.spec.dim, self.spec.period).to(x)
+        tgt_mask = biased_causal_mask(t, self.spec.heads, self.spec.period).to(x).repeat(b, 1, 1)
+        mem_mask = alignment_mask(t, n2).to(x)
+        h = self.decoder(x, self.audio_proj(feats), tgt_mask=tgt_mask, memory_mask=mem_mask)
+        return self.motion_mean + self.motion_std * self.motion_out(h)
+
+    @torch.no_grad()
+    def generate(self, feats: torch.Tensor, style: torch.Tensor, mode: str = "autoregressive") -> torch.Tensor:
+        """Motion for (B, 2T, A) features without ground truth: ``autoregressive`` (T passes, each prediction fed
+        back) or ``parallel`` (one pass, mean-motion history). Returns (B, T, M)."""
+        if mode == "parallel":
+            return self(feats, style, None)
+        if mode != "autoregressive":
+            raise ValueError(f"unknown inference mode '{mode}' (autoregressive or parallel)")
+        b, t = feats.shape[0], feats.shape[1] // 2
+        history = feats.new_zeros(b, t, self.spec.motion_dim)
+        out = history.clone()
+        for i in range(t):
+            step = self(feats[:, : 2 * (i + 1)], style, history[:, : i + 1])
+            out[:, i] = step[:, i]
+            if i + 1 < t:
+                history[:, i + 1] = step[:, i]
+        return out
+
+
+class StreamingPredictor:
+    """Audio chunks in, motion frames out: ``push(samples) -> (k, M)`` final frames, ``flush() -> (rest, M)``.
+
+    Windows of ``window`` frames start every ``window - overlap`` frames; a window is decoded once its audio plus
+    ``context`` frames beyond it has arrived (so the latency is about ``(window + context) / fps``); frames are
+    returned once no later window overlaps them. Audio is 16 kHz mono float32.
+    """
+
+    def __init__(self, model: FlameTalk, encoder: AudioEncoder, template: torch.Tensor, fps: float = 25.0,
+                 mode: str = "autoregressive", window: int = 100, overlap: int = 10, context: int | None = None
+                 ) -> None:
+        if not 0 <= overlap < window:
+            raise ValueError(f"overlap ({overlap}) must be in [0, window={window})")
+        self.model, self.encoder, self.fps, self.mode = model, encoder, fps, mode
+        self.window, self.overlap = window, overlap
+        spf = SAMPLE_RATE / fps
+        ctx_samples = encoder.context_samples if encoder.context_samples is not None else SAMPLE_RATE
+        self.context = int(math.ceil(ctx_samples / spf)) if context is None else context
+        self.spf = spf
+        with torch.no_grad():
+            self.style = model.style(template.reshape(1, -1, 3).to(self._param()))
+        self.audio = np.zeros(0, np.float32)  # samples from self.audio_start on
+        self.audio_start = 0
+        self.n_samples = 0
+        self.next_start = 0  # first frame of the next window to decode
+        self.emitted = 0  # frames returned so far
+        self.pending = np.zeros((0, model.spec.motion_dim), np.float32)  # blended frames emitted..., not yet final
+        self.done = False
+
+    def _param(self) -> torch.Tensor:
+        return next(self.model.parameters())
+
+    def _samples(self, a: int, b: int) -> np.ndarray:
+        """Samples [a, b) of the stream, zero outside the audio received."""
+        out = np.zeros(b - a, np.float32)
+        lo, hi = max(a, self.audio_start), min(b, self.audio_start + self.audio.size)
+        if hi > lo:
+            out[lo - a: hi - a] = self.audio[lo - self.audio_start: hi - self.audio_start]
+        return out
+
+    def _decode(self, start: int, end: int) -> np.ndarray:
+        c = self.context
+        a, b = int(round((start - c) * self.spf)), int(round((end + c) * self.spf))
+        wave = torch.from_numpy(self._samples(a, b))[None].to(self._param())
+        was_training = self.model.training or self.encoder.training
+        self.model.eval()
+        self.encoder.eval()
+        with torch.no_grad():
+            feats = self.encoder(wave, end - start + 2 * c, self.fps)[:, 2 * c: 2 * (c + end - start)]
+            motion = self.model.generate(feats, self.style, self.mode)[0]
+        if was_training:
+            self.model.train()
+            self.encoder.train()
+        return motion.float().cpu().numpy()
+
+    def _blend(self, start: int, motion: np.ndarray, first: bool, last: bool) -> None:
+        """Add a decoded window (frames start..start+len) into ``pending`` with linear cross-fade ramps."""
+        n, o = motion.shape[0], self.overlap
+        w = np.ones(n, np.float32)
+        if not first:
+            k = min(o, n)
+            w[:k] = (np.arange(k) + 1) / (o + 1)
+        if not last:
+            k = min(o, n)
+            w[n - k:] = np.minimum(w[n - k:], (o - np.arange(o - k, o)) / (o + 1))
+        off = start - self.emitted
+        need = off + n - self.pending.shape[0]
+        if need > 0:
+            self.pending = np.concatenate([self.pending, np.zeros((need, motion.shape[1]), np.float32)])
+        self.pending[off: off + n] += w[:, None] * motion
+
+    def _take(self, upto: int) -> np.ndarray:
+        k = max(upto - self.emitted, 0)
+        out, self.pending = self.pending[:k], self.pending[k:]
+        self.emitted += k
+        keep = int(round((self.next_start - self.context) * self.spf)) - self.audio_start
+        if keep > 0:
+            self.audio, self.audio_start = self.audio[keep:], self.audio_start + keep
+        return out
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Feed (n,) samples; returns the (k, M) frames that became final (k may be 0)."""
+        if self.done:
+            raise RuntimeError("push after flush: start a new StreamingPredictor")
+        samples = np.asarray(samples, np.float32).reshape(-1)
+        self.audio = np.concatenate([self.audio, samples])
+        self.n_samples += samples.size
+        while (self.next_start + self.window + self.context) * self.spf <= self.n_samples:
+            s = self.next_start
+            self._blend(s, self._decode(s, s + self.window), first=s == 0, last=False)
+            self.next_start = s + self.window - self.overlap
+        return self._take(self.next_start)
+
+    def flush(self) -> np.ndarray:
+        """End of the audio: decode the remaining windows; returns the last (k, M) frames."""
+        if self.done:
+            return np.zeros((0, self.model.spec.motion_dim), np.float32)
+        self.done = True
+        total = frames_for_samples(self.n_samples, self.fps)
+        while True:
+            s = self.next_start
+            e = min(s + self.window, total)
+            self._blend(s, self._decode(s, e), first=s == 0, last=e >= total)
+            self.next_start = s + self.window - self.overlap
+            if e >= total:
+                break
+        return self._take(total)
+
+
+def predict(model: FlameTalk, encoder: AudioEncoder, wave: np.ndarray, template: torch.Tensor, fps: float = 25.0,
+            mode: str = "autoregressive", window: int = 100, overlap: int = 10) -> np.ndarray:
+    """Motion (T, M) for a whole clip (S,) 16 kHz, T = round(S fps / 16000): windowed, cross-faded."""
+    stream = StreamingPredictor(model, encoder, template, fps, mode, window, overlap)
+    return np.concatenate([stream.push(wave), stream.flush()])
