@@ -11,6 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import add_dataclass_args, dataclass_from_args
+from ..avatar.render import RenderAvatarConfig
+from ..avatar.render import main as render_avatar_main
+from ..avatar.train import AvatarConfig
+from ..avatar.train import main as train_avatar_main
 from ..flametalk.train import TalkConfig
 from ..flametalk.train import main as train_talk_main
 from ..tracking import track
@@ -31,6 +35,10 @@ COMMANDS = (
             doctor.DoctorConfig, doctor.main),
     Command("track", "track a talking-head video into a SUBJECT folder (frames, masks, landmarks, head parameters)",
             track.TrackConfig, track.main, positional=("video",)),
+    Command("train-avatar", "train a Gaussian head avatar bound to the head mesh (writes SUBJECT/avatar)",
+            AvatarConfig, train_avatar_main, positional=("subject",)),
+    Command("render-avatar", "render a trained avatar for a head-parameter sequence into a composited mp4",
+            RenderAvatarConfig, render_avatar_main, positional=("subject",)),
     Command("train-talk", "train FlameTalk (speech to expression + jaw) on SUBJECT folders (writes SUBJECT/talk)",
             TalkConfig, train_talk_main, positional=("subjects",)),
 )

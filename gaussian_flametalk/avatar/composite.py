@@ -1,0 +1,115 @@
+"""Compositing rendered heads into whole frames.
+
+The head Gaussians render head, hair and neck with alpha over a black background (a premultiplied colour). The torso
+and the background come from a source frame in which the *head region* (the person mask above the torso cut, slightly
+dilated) is replaced by a static background plate estimated over the clip:
+
+    plate  = source * (1 - region) + static * region
+    output = head + (1 - alpha) * plate
+
+Torso cut: the image row of the lowest projected vertex of the rendered mesh; person-mask pixels below it are torso
+(not the avatar's job, and masked out of the training loss).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..geometry.camera import Camera
+
+__all__ = ["composite", "head_region", "static_background", "torso_cut_rows", "training_target"]
+
+
+def static_background(
+    n_frames: int,
+    frame: Callable[[int], np.ndarray],
+    mask: Callable[[int], np.ndarray],
+    max_samples: int = 60,
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """Per-pixel temporal median of the pixels outside the person mask; pixels the person always covers are
+    inpainted (OpenCV Telea) from their surroundings.
+
+    Args:
+        n_frames: clip length; frame(i) -> (H, W, 3) uint8; mask(i) -> (H, W) float person mask.
+        max_samples: frames used, evenly spaced over the clip.
+        threshold: mask values at or above it are person.
+    Returns:
+        (H, W, 3) uint8.
+    """
+    import cv2
+
+    idx = np.unique(np.linspace(0, n_frames - 1, min(max_samples, n_frames)).round().astype(int))
+    stack = np.stack([frame(i).astype(np.float32) for i in idx])
+    person = np.stack([mask(i) >= threshold for i in idx])
+    stack[person] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: always covered by the person
+        med = np.nanmedian(stack, axis=0)
+    hole = np.isnan(med[..., 0])
+    out = np.nan_to_num(med).round().clip(0, 255).astype(np.uint8)
+    if hole.any():
+        out = cv2.inpaint(out, hole.astype(np.uint8) * 255, 5, cv2.INPAINT_TELEA)
+    return out
+
+
+def torso_cut_rows(vertices: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """(B, V, 3) rendered mesh vertices -> (B,) image row (pixels, float) of the lowest projected vertex."""
+    return camera.to(vertices.device, vertices.dtype).project(vertices)[..., 1].amax(dim=-1)
+
+
+def _below(cut: np.ndarray | float, height: int, width: int) -> np.ndarray:
+    """(H, W) bool: pixel centres below row ``cut``."""
+    return np.broadcast_to((np.arange(height) + 0.5)[:, None] > float(cut), (height, width))
+
+
+def training_target(
+    frame: np.ndarray, mask: np.ndarray, cut: float, background: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The head avatar's training target and loss weight for one frame.
+
+    Args:
+        frame: (H, W, 3) uint8; mask: (H, W) person mask in [0, 1]; cut: torso cut row; background: (3,) in [0, 1].
+    Returns:
+        target (H, W, 3) float32 = frame over ``background`` by the mask; weight (H, W) float32 = 0 on the torso
+        (person pixels below the cut), else 1.
+    """
+    m = mask.astype(np.float32)[..., None]
+    target = frame.astype(np.float32) / 255.0 * m + background.astype(np.float32) * (1.0 - m)
+    weight = 1.0 - (mask >= 0.5) * _below(cut, *mask.shape)
+    return target, weight.astype(np.float32)
+
+
+def head_region(mask: np.ndarray, cut: float, dilate: int) -> np.ndarray:
+    """(H, W) float32 region of the source frame the avatar replaces: person above the cut, dilated by ``dilate``
+    pixels (feathered by a small blur)."""
+    import cv2
+
+    region = ((mask >= 0.5) & ~_below(cut, *mask.shape)).astype(np.uint8)
+    if dilate > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate + 1, 2 * dilate + 1))
+        region = cv2.dilate(region, kernel)
+        region = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(dilate / 2, 0.5))
+    return np.clip(region.astype(np.float32), 0.0, 1.0)
+
+
+def composite(
+    head: np.ndarray, alpha: np.ndarray, source: np.ndarray, region: np.ndarray, static: np.ndarray
+) -> np.ndarray:
+    """One whole frame.
+
+    Args:
+        head: (H, W, 3) float premultiplied head colour (rendered over black); alpha: (H, W, 1) or (H, W).
+        source: (H, W, 3) uint8 source frame; region: (H, W) head region; static: (H, W, 3) uint8 background plate.
+    Returns:
+        (H, W, 3) uint8.
+    """
+    a = alpha.reshape(*alpha.shape[:2], 1).astype(np.float32)
+    r = region[..., None].astype(np.float32)
+    plate = source.astype(np.float32) / 255.0 * (1.0 - r) + static.astype(np.float32) / 255.0 * r
+    out = head.astype(np.float32) + (1.0 - a) * plate
+    return (out.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)

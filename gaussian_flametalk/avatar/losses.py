@@ -1,0 +1,73 @@
+"""Image losses and metrics: masked L1, SSIM (11x11 Gaussian window, sigma 1.5), PSNR.
+
+Images are (B, H, W, C) floats in [0, 1]; weights are (B, H, W, 1) in [0, 1] (1 = counted), or None (all pixels).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["l1", "psnr", "ssim", "ssim_map"]
+
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+
+
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean of (B, H, W, C) values weighted by (B, H, W, 1) (over every element when weight is None)."""
+    if weight is None:
+        return values.mean()
+    w = weight.expand_as(values)
+    return (values * w).sum() / w.sum().clamp_min(1e-8)
+
+
+def l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean absolute error, a scalar."""
+    return _weighted_mean((pred - target).abs(), weight)
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, like: torch.Tensor) -> torch.Tensor:
+    """(C, 1, size, size) normalised Gaussian kernel for a depthwise convolution."""
+    x = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+
+
+def ssim_map(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-pixel SSIM (zero padding at the borders, as 3D Gaussian Splatting).
+
+    Args:
+        pred, target: (B, H, W, C).
+    Returns:
+        (B, H, W, C) SSIM values.
+    """
+    x, y = pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
+    c = x.shape[1]
+    win = _gaussian_window(window, sigma, c, x)
+    pad = window // 2
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, win, padding=pad, groups=c)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + SSIM_C1) * (2 * cov + SSIM_C2)
+    den = (mu_x**2 + mu_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2)
+    return (num / den).permute(0, 2, 3, 1)
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean SSIM, a scalar."""
+    return _weighted_mean(ssim_map(pred, target), weight)
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    """PSNR in dB for a peak of 1 over the weighted mean squared error."""
+    mse = _weighted_mean((pred.detach() - target.detach()) ** 2, weight).item()
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))

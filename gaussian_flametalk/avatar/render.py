@@ -1,0 +1,181 @@
+"""Render a trained avatar for any head-parameter sequence into whole composited frames or an mp4.
+
+``render_sequence`` is the API the ``drive`` stage calls; ``gft render-avatar SUBJECT --params P.npz --out o.mp4`` is
+its command line. Output frame ``t`` shows the avatar posed by ``params[t]`` composited (:mod:`.composite`) over the
+source frame ``source_frames[t]`` (default: the subject's frames looped forward-backward) whose head region is replaced
+by the static background plate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..headmodel import HeadModel, HeadParams
+from ..tracking.subject import Subject
+from .composite import composite, head_region, torso_cut_rows
+from .gaussians import BoundGaussians
+
+__all__ = ["AvatarRenderer", "RenderAvatarConfig", "load_params", "main", "pingpong", "render_sequence"]
+
+
+def pingpong(n_out: int, n_src: int) -> np.ndarray:
+    """(n_out,) source indices looping 0..n_src-1 forward then backward."""
+    if n_src == 1:
+        return np.zeros(n_out, dtype=int)
+    period = 2 * n_src - 2
+    t = np.arange(n_out) % period
+    return np.where(t < n_src, t, period - t)
+
+
+class AvatarRenderer:
+    """Renders and composites frames of one avatar (everything at ``resolution`` x ``resolution``)."""
+
+    def __init__(
+        self,
+        subject: Subject,
+        gaussians: BoundGaussians,
+        model: HeadModel,
+        static: np.ndarray,
+        sh_degree: int,
+        resolution: int,
+        device: torch.device | str,
+    ) -> None:
+        import cv2
+
+        from .train import scaled_camera
+
+        self.subject, self.sh_degree, self.size = subject, sh_degree, resolution
+        self.device = torch.device(device)
+        self.gaussians = gaussians.to(self.device)
+        self.model = model.to(self.device)
+        self.camera = scaled_camera(subject.camera(), resolution).to(self.device)
+        self.static = cv2.resize(static, (resolution, resolution), interpolation=cv2.INTER_AREA)
+        self.tracked = subject.params(device=self.device)
+        self.used = torch.unique(self.model.faces[self.gaussians.covered_triangles()])
+        self.dilate = max(1, round(0.02 * resolution))
+
+    @classmethod
+    def load(
+        cls, subject: Subject, model: HeadModel, avatar_dir: Path, resolution: int | None = None,
+        device: torch.device | str = "cpu",
+    ) -> AvatarRenderer:
+        """From a finished ``gft train-avatar`` folder (checks the head model against the checkpoint)."""
+        import json
+
+        import cv2
+
+        meta_path = avatar_dir / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{avatar_dir}: no finished avatar (meta.json missing): run gft train-avatar")
+        meta = json.loads(meta_path.read_text())
+        ckpt = avatar_dir / "checkpoint.pt"
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if (state["n_vertices"], state["n_faces"]) != (model.n_vertices, model.n_faces):
+            raise ValueError(
+                f"{ckpt}: trained on a head model of {state['n_vertices']} vertices / {state['n_faces']} triangles, "
+                f"got {model.n_vertices} / {model.n_faces}"
+            )
+        gaussians = BoundGaussians.from_tensors(state["gaussians"], model.n_faces)
+        static = cv2.imread(str(avatar_dir / "background.png"), cv2.IMREAD_COLOR)
+        if static is None:
+            raise FileNotFoundError(f"{avatar_dir / 'background.png'}: missing or unreadable")
+        size = resolution or int(meta["config"]["resolution"])
+        return cls(subject, gaussians, model, static[..., ::-1].copy(), int(state["sh_degree"]), size, device)
+
+    @torch.no_grad()
+    def frame(self, params: HeadParams, source: int) -> np.ndarray:
+        """One composited frame: the avatar posed by ``params`` (one frame) over source frame ``source``.
+
+        Returns:
+            (size, size, 3) uint8.
+        """
+        import cv2
+
+        from .train import render_frames
+
+        image, alpha, _ = render_frames(self.gaussians, self.model, params, self.camera, self.sh_degree)
+        src_verts = self.model.forward_params(self.tracked[source:source + 1])[:, self.used]
+        cut = float(torso_cut_rows(src_verts, self.camera)[0])
+        size = (self.size, self.size)
+        frame = cv2.resize(self.subject.frame(source), size, interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(self.subject.mask(source), size, interpolation=cv2.INTER_AREA)
+        region = head_region(mask, cut, self.dilate)
+        return composite(image[0].cpu().numpy(), alpha[0].cpu().numpy(), frame, region, self.static)
+
+
+def load_params(path: str | Path, device: torch.device | str = "cpu") -> HeadParams:
+    """HeadParams from an npz with the HeadParams fields (a SUBJECT's or an avatar's params.npz)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: parameter file not found")
+    with np.load(path) as z:
+        missing = [n for n in HeadParams.NAMES if n not in z]
+        if missing:
+            raise ValueError(f"{path}: lacks the head parameters {missing}")
+        return HeadParams.from_numpy({k: z[k] for k in HeadParams.NAMES}, device=device)
+
+
+def render_sequence(
+    subject: Subject | str | Path,
+    params: HeadParams,
+    avatar_dir: str | Path | None = None,
+    source_frames: np.ndarray | None = None,
+    resolution: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> Iterator[np.ndarray]:
+    """Whole composited frames of the avatar driven by ``params``.
+
+    Args:
+        subject: the SUBJECT (folder); avatar_dir: its trained avatar (default SUBJECT/avatar).
+        params: B frames of head parameters (the subject's head model).
+        source_frames: (B,) source frame per output frame (default: forward-backward loop over the clip).
+        resolution: output size (default the training resolution).
+    Yields:
+        (resolution, resolution, 3) uint8 RGB frames.
+    """
+    from tqdm.auto import tqdm
+
+    from .train import check_head_model, params_to
+
+    subject = subject if isinstance(subject, Subject) else Subject.open(subject)
+    model = subject.head_model()
+    check_head_model(model, subject, params)
+    renderer = AvatarRenderer.load(subject, model, Path(avatar_dir or subject.root / "avatar"), resolution, device)
+    src = pingpong(params.batch, subject.n_frames) if source_frames is None else np.asarray(source_frames)
+    if len(src) != params.batch or src.min() < 0 or src.max() >= subject.n_frames:
+        raise ValueError(f"source_frames must be {params.batch} indices in 0..{subject.n_frames - 1}")
+    params = params_to(params, renderer.device)
+    for t in tqdm(range(params.batch), desc="render-avatar", unit="frame", disable=not progress):
+        yield renderer.frame(params[t:t + 1], int(src[t]))
+
+
+@dataclass
+class RenderAvatarConfig:
+    """Options of ``gft render-avatar``."""
+
+    subject: Path = field(metadata={"help": "SUBJECT folder with a trained avatar"})
+    params: Path = field(metadata={"help": "npz of per-frame head parameters (HeadParams fields)"})
+    out: Path = field(metadata={"help": "output mp4"})
+    avatar: Path | None = field(default=None, metadata={"help": "avatar folder (default SUBJECT/avatar)"})
+    resolution: int | None = field(default=None, metadata={"help": "output size (default: training resolution)"})
+    audio: Path | None = field(default=None, metadata={"help": "wav to mux as the sound"})
+    device: str = field(default="cpu", metadata={"help": "torch device"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+def main(cfg: RenderAvatarConfig) -> int:
+    from ..tracking.video import write_video
+
+    subject = Subject.open(cfg.subject)
+    params = load_params(cfg.params)
+    frames = render_sequence(subject, params, cfg.avatar, resolution=cfg.resolution, device=cfg.device,
+                             progress=cfg.progress)
+    n = write_video(cfg.out, frames, subject.fps, cfg.audio)
+    print(f"wrote {cfg.out} ({n} frames)")
+    return 0

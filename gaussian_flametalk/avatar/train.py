@@ -1,0 +1,545 @@
+"""``gft train-avatar SUBJECT``: train a triangle-bound Gaussian head avatar (GaussianAvatars on one monocular video).
+
+Target. The head Gaussians render head, hair and neck over a black background; the target is the frame with the
+pixels outside the person mask set to black, and the torso (person pixels below the lowest projected vertex of the
+rendered mesh) is masked out of the loss — it comes from the source frames when compositing (:mod:`.composite`).
+
+Loss: L1 + ``lambda_ssim`` (1 - SSIM) over the unmasked pixels, plus GaussianAvatars' regularisers on the local
+parameters: ``lambda_position * mean(relu(|xyz| - threshold_position))`` and
+``lambda_scale * mean(relu(exp(log_scale) - threshold_scale))`` (both in triangle-scale units).
+
+Optimised: the Gaussians (Adam, the 3DGS learning rates; the position rate is ``position_lr * extent`` metres per
+step, converted to triangle units by the mean triangle scale, and decays exponentially to ``position_lr_final``
+over ``position_lr_steps``) and the per-frame head parameters of the training frames (expression, the pose parts the
+model has, translation; shape is kept), each group with its own small rate. Test frames keep their tracked
+parameters and are never trained on. Adaptive density control (clone / split / prune, opacity reset) and the SH
+degree (raised by one every ``sh_every`` iterations up to 3) run on schedules in absolute iterations, so a resumed run
+follows the same schedule as an uninterrupted one.
+
+Outputs in SUBJECT/avatar/ (each written atomically; ``meta.json`` last, so its presence marks a finished run):
+``checkpoint.pt`` (every ``checkpoint_every`` iterations and at the end; a re-run resumes from it),
+``params.npz`` (the optimised per-frame sequence, HeadParams fields, same layout as the SUBJECT's),
+``avatar.ply`` (3DGS layout at ``ply_frame``), ``background.png`` (the static background plate),
+``test_grid.png`` (test frames: ground truth | composited render | error), ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..config import config_to_dict
+from ..geometry.camera import Camera
+from ..headmodel import HeadModel, HeadParams, load_head_model
+from ..tracking.subject import Subject, write_json
+from .binding import triangle_frames
+from .composite import (
+    static_background,
+    torso_cut_rows,
+    training_target,
+)
+from .gaussians import (
+    BoundGaussians,
+    DensifyStats,
+    densify_and_prune,
+    region_triangles,
+    reset_opacity,
+    save_ply,
+)
+from .losses import l1, psnr, ssim
+from .rasterize import render
+
+__all__ = ["AvatarConfig", "FrameParams", "TrainData", "fit_avatar", "load_training_data", "main", "train_avatar"]
+
+TUNED_POSE = ("rotation", "neck", "jaw", "eyes")
+
+
+@dataclass
+class AvatarConfig:
+    """Options of ``gft train-avatar``."""
+
+    subject: Path = field(metadata={"help": "tracked SUBJECT folder (from gft track)"})
+    out: Path | None = field(default=None, metadata={"help": "output folder (default SUBJECT/avatar)"})
+    head_model: str | None = field(default=None, metadata={"help": "head-model spec (default: the one tracked with)"})
+    iterations: int = field(default=3000, metadata={"help": "total training iterations (a re-run resumes)"})
+    resolution: int = field(default=256, metadata={"help": "training image size (frames are resized)"})
+    batch_size: int = field(default=1, metadata={"help": "frames per iteration"})
+    device: str = field(default="cpu", metadata={"help": "torch device (cuda uses gsplat)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    regions: tuple[str, ...] = field(default=("face", "lips", "eyes", "scalp", "neck"),
+                                     metadata={"help": "head-model regions whose triangles carry Gaussians"})
+    max_triangles: int = field(default=0, metadata={"help": "bind to at most this many triangles (random subset; 0 = all)"})
+    init_scale: float = field(default=0.5, metadata={"help": "initial std relative to the triangle scale"})
+    init_opacity: float = field(default=0.1, metadata={"help": "initial opacity"})
+    extent: float = field(default=0.25, metadata={"help": "spatial extent of the scene (metres, head-sized)"})
+    position_lr: float = field(default=1.6e-4, metadata={"help": "position learning rate (times extent, metres)"})
+    position_lr_final: float = field(default=1.6e-6, metadata={"help": "final position learning rate"})
+    position_lr_steps: int = field(default=10000, metadata={"help": "iterations of the position-rate decay"})
+    color_lr: float = field(default=2.5e-3, metadata={"help": "SH DC learning rate (rest: 1/20 of it)"})
+    opacity_lr: float = field(default=0.05, metadata={"help": "opacity learning rate"})
+    scale_lr: float = field(default=0.017, metadata={"help": "log-scale learning rate"})
+    rotation_lr: float = field(default=1e-3, metadata={"help": "rotation learning rate"})
+    tune_params: bool = field(default=True, metadata={"help": "fine-tune the training frames' head parameters"})
+    expression_lr: float = field(default=1e-3, metadata={"help": "per-frame expression learning rate"})
+    pose_lr: float = field(default=1e-5, metadata={"help": "per-frame rotation/neck/jaw/eyes learning rate"})
+    translation_lr: float = field(default=1e-6, metadata={"help": "per-frame translation learning rate"})
+    lambda_ssim: float = field(default=0.2, metadata={"help": "weight of 1 - SSIM"})
+    lambda_position: float = field(default=0.01, metadata={"help": "local position regulariser weight"})
+    threshold_position: float = field(default=1.0, metadata={"help": "local |xyz| allowed without penalty"})
+    lambda_scale: float = field(default=1.0, metadata={"help": "local scale regulariser weight"})
+    threshold_scale: float = field(default=0.6, metadata={"help": "local scale allowed without penalty"})
+    sh_every: int = field(default=1000, metadata={"help": "raise the SH degree every this many iterations (max 3)"})
+    densify_from: int = field(default=500, metadata={"help": "first densification iteration"})
+    densify_until: int = field(default=6000, metadata={"help": "no densification from this iteration on"})
+    densify_every: int = field(default=100, metadata={"help": "densification interval"})
+    grad_threshold: float = field(default=2e-4, metadata={"help": "screen-space gradient threshold (NDC units)"})
+    percent_dense: float = field(default=0.01, metadata={"help": "split above this fraction of the extent, else clone"})
+    min_opacity: float = field(default=0.005, metadata={"help": "prune below this opacity"})
+    max_size: float = field(default=0.1, metadata={"help": "prune above this fraction of the extent"})
+    opacity_reset_every: int = field(default=3000, metadata={"help": "opacity reset interval (0 = never)"})
+    checkpoint_every: int = field(default=500, metadata={"help": "checkpoint interval (iterations)"})
+    ply_frame: int = field(default=0, metadata={"help": "frame whose pose the PLY export takes"})
+    grid_frames: int = field(default=4, metadata={"help": "test frames in the PNG grid"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+@dataclass
+class TrainData:
+    """Everything the training loop reads, in memory.
+
+    Attributes:
+        targets: (T, H, W, 3) uint8 training targets (frames over the black background).
+        weights: (T, H, W, 1) bool loss masks (False on the torso).
+        params: tracked HeadParams of the T frames.
+        camera: the camera at (W, H).
+        train_idx, test_idx: frame indices (the test frames are never trained on).
+    """
+
+    targets: torch.Tensor
+    weights: torch.Tensor
+    params: HeadParams
+    camera: Camera
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+
+    def batch(self, idx: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W, 3) float targets and (B, H, W, 1) float weights of frames ``idx``."""
+        t = self.targets[idx].to(device).float() / 255.0
+        return t, self.weights[idx].to(device).float()
+
+
+class FrameParams(nn.Module):
+    """Per-frame head parameters: the tuned parts as parameters (one row per frame), the rest fixed."""
+
+    def __init__(self, params: HeadParams, tuned: tuple[str, ...]) -> None:
+        super().__init__()
+        self.tuned = tuned
+        for name in HeadParams.NAMES:
+            value = getattr(params, name).detach().clone()
+            if name in tuned:
+                setattr(self, name, nn.Parameter(value))
+            else:
+                self.register_buffer(name, value)
+
+    def gather(self, idx: torch.Tensor | np.ndarray) -> HeadParams:
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.shape.device)
+        return HeadParams(**{n: getattr(self, n)[idx] for n in HeadParams.NAMES})
+
+    def all(self) -> HeadParams:
+        return HeadParams(**{n: getattr(self, n).detach() for n in HeadParams.NAMES})
+
+
+def params_to(params: HeadParams, device: torch.device | str) -> HeadParams:
+    return HeadParams(**{k: v.to(device) for k, v in params.as_kwargs().items()})
+
+
+def tuned_parts(model: HeadModel) -> tuple[str, ...]:
+    """Head parameters fine-tuned per frame: expression, the pose parts the model has, translation."""
+    return ("expression", *[p for p in TUNED_POSE if p in model.pose_parts], "translation")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def scaled_camera(camera: Camera, size: int) -> Camera:
+    """The camera resized to ``size`` x ``size`` (intrinsics scaled; a square image is assumed)."""
+    if camera.width != camera.height:
+        raise ValueError(f"avatar training needs square frames, got {camera.width}x{camera.height}")
+    s = size / camera.width
+    K = camera.K.clone()
+    K[:2] *= s
+    return Camera(camera.viewmat, K, size, size, camera.near, camera.far)
+
+
+@torch.no_grad()
+def posed_vertices(model: HeadModel, params: HeadParams, chunk: int = 64) -> torch.Tensor:
+    """(T, V, 3) meshes of all frames, evaluated in chunks."""
+    return torch.cat([model.forward_params(params[i:i + chunk]) for i in range(0, params.batch, chunk)])
+
+
+def check_head_model(model: HeadModel, subject: Subject, params: HeadParams) -> None:
+    """Raise a ValueError naming the SUBJECT files when ``model`` is not the head model the subject was tracked with."""
+    hm = subject.meta.get("head_model", {})
+    if hm.get("kind") and hm["kind"] != model.kind:
+        raise ValueError(f"{subject.root / 'meta.json'}: tracked with a {hm['kind']!r} head model, got {model.kind!r}")
+    for name, dim in (("shape", model.n_shape), ("expression", model.n_expression)):
+        if getattr(params, name).shape[1] != dim:
+            raise ValueError(
+                f"{subject.root / 'params.npz'}: '{name}' has {getattr(params, name).shape[1]} components but the "
+                f"head model has {dim}: not the head model this subject was tracked with"
+            )
+
+
+def load_training_data(subject: Subject, model: HeadModel, triangles: torch.Tensor, size: int) -> TrainData:
+    """Read every frame and mask of a SUBJECT (failing early on a missing one), resize to ``size`` and build the
+    training targets and loss masks (:func:`.composite.training_target`)."""
+    import cv2
+
+    params = subject.params()
+    camera = scaled_camera(subject.camera(), size)
+    used = torch.unique(model.faces[triangles])
+    cuts = torso_cut_rows(posed_vertices(model, params)[:, used], camera).numpy()
+    black = np.zeros(3, dtype=np.float32)
+    targets, weights = [], []
+    for i in range(subject.n_frames):
+        frame = cv2.resize(subject.frame(i), (size, size), interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(subject.mask(i), (size, size), interpolation=cv2.INTER_AREA)
+        t, w = training_target(frame, mask, float(cuts[i]), black)
+        targets.append(torch.from_numpy((t * 255.0).round().astype(np.uint8)))
+        weights.append(torch.from_numpy(w > 0.5)[..., None])
+    train_idx, test_idx = subject.split()
+    return TrainData(torch.stack(targets), torch.stack(weights), params, camera, train_idx, test_idx)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+@torch.no_grad()
+def _init_colors(data: TrainData, model: HeadModel, triangles: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(T, 3) colours of the first training frame's target at the projected triangle centroids."""
+    i = int(data.train_idx[0])
+    verts = posed_vertices(model, params_to(data.params[i:i + 1], device))
+    centroids = triangle_frames(verts, model.faces[triangles]).origin[0]
+    uv = data.camera.to(device).project(centroids).round().long().cpu()
+    h, w = data.targets.shape[1:3]
+    uv[:, 0].clamp_(0, w - 1)
+    uv[:, 1].clamp_(0, h - 1)
+    return (data.targets[i, uv[:, 1], uv[:, 0]].float() / 255.0).to(device)
+
+
+def _optimizer(gaussians: BoundGaussians, frames: FrameParams, cfg: AvatarConfig, k_mean: float) -> torch.optim.Adam:
+    groups = [
+        {"params": [gaussians.xyz], "lr": _position_lr(cfg, 0, k_mean), "name": "xyz"},
+        {"params": [gaussians.rotation], "lr": cfg.rotation_lr, "name": "rotation"},
+        {"params": [gaussians.log_scale], "lr": cfg.scale_lr, "name": "log_scale"},
+        {"params": [gaussians.opacity], "lr": cfg.opacity_lr, "name": "opacity"},
+        {"params": [gaussians.sh_dc], "lr": cfg.color_lr, "name": "sh_dc"},
+        {"params": [gaussians.sh_rest], "lr": cfg.color_lr / 20.0, "name": "sh_rest"},
+    ]
+    if cfg.tune_params:
+        rates = {"expression": cfg.expression_lr, "translation": cfg.translation_lr}
+        for name in frames.tuned:
+            groups.append({"params": [getattr(frames, name)], "lr": rates.get(name, cfg.pose_lr), "name": f"frame_{name}"})
+    return torch.optim.Adam(groups, lr=0.0, eps=1e-15)
+
+
+def _position_lr(cfg: AvatarConfig, it: int, k_mean: float) -> float:
+    """Exponentially decayed position rate in triangle-scale units."""
+    t = min(it / max(cfg.position_lr_steps, 1), 1.0)
+    lr = math.exp((1 - t) * math.log(cfg.position_lr) + t * math.log(cfg.position_lr_final))
+    return lr * cfg.extent / k_mean
+
+
+def render_frames(
+    gaussians: BoundGaussians, model: HeadModel, params: HeadParams, camera: Camera, sh_degree: int
+) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """Render B frames over black: image (B, H, W, 3), alpha (B, H, W, 1), RenderInfo."""
+    verts = model.forward_params(params)
+    means, quats, scales, opac, sh = gaussians.world(verts, model.faces)
+    bg = torch.zeros(3, dtype=means.dtype, device=means.device)
+    return render(means, quats, scales, opac, sh, [camera] * params.batch, bg, sh_degree)
+
+
+def regularisers(gaussians: BoundGaussians, cfg: AvatarConfig) -> torch.Tensor:
+    """GaussianAvatars' position and scale penalties on the local parameters (a scalar)."""
+    pos = torch.relu(gaussians.xyz.norm(dim=-1) - cfg.threshold_position).mean()
+    scl = torch.relu(torch.exp(gaussians.log_scale) - cfg.threshold_scale).mean()
+    return cfg.lambda_position * pos + cfg.lambda_scale * scl
+
+
+@torch.no_grad()
+def evaluate(
+    gaussians: BoundGaussians, model: HeadModel, data: TrainData, idx: np.ndarray, sh_degree: int, device: str
+) -> dict[str, float]:
+    """Mean PSNR / SSIM / L1 over frames ``idx`` (tracked parameters, unmasked pixels only)."""
+    out = {"psnr": [], "ssim": [], "l1": []}
+    for i in idx:
+        img, _, _ = render_frames(gaussians, model, params_to(data.params[int(i):int(i) + 1], device),
+                                  data.camera.to(device), sh_degree)
+        t, w = data.batch(torch.tensor([int(i)]), device)
+        out["psnr"].append(psnr(img, t, w))
+        out["ssim"].append(ssim(img, t, w).item())
+        out["l1"].append(l1(img, t, w).item())
+    return {k: float(np.mean(v)) if v else float("nan") for k, v in out.items()}
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_avatar` returns."""
+
+    gaussians: BoundGaussians
+    params: HeadParams  # all frames: optimised training rows, tracked test rows
+    sh_degree: int
+    test: dict[str, float]
+    history: list[dict]
+    iterations_run: int
+    train_seconds: float
+    resumed_from: int | None
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Path) -> FitResult:
+    """The training loop: initialise (or resume from ``out_dir/checkpoint.pt``), train to ``cfg.iterations``,
+    checkpoint every ``cfg.checkpoint_every`` iterations and at the end, and evaluate on the test frames.
+
+    Args:
+        data: frames, masks, tracked parameters, camera and split (:func:`load_training_data` or built in memory).
+        model: the head model (on ``cfg.device``).
+        cfg: options; out_dir: where the checkpoint lives (created).
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(cfg.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint.pt"
+    model = model.to(device)
+    faces = model.faces
+    camera = data.camera.to(device)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    ref_verts = posed_vertices(model, params_to(data.params[data.train_idx], device))
+    face_scale = triangle_frames(ref_verts.mean(dim=0, keepdim=True), faces).scale[0]
+    triangles = region_triangles(faces, model.regions, cfg.regions)
+    if triangles.numel() == 0:
+        raise ValueError(f"no triangle lies in the regions {cfg.regions}")
+    if 0 < cfg.max_triangles < triangles.numel():
+        triangles = triangles[torch.randperm(triangles.numel(), generator=gen)[: cfg.max_triangles].sort().values.to(device)]
+    k_mean = float(face_scale[triangles].mean())
+
+    frames = FrameParams(params_to(data.params, device), tuned_parts(model) if cfg.tune_params else ())
+    start, resumed_from, history, elapsed = 0, None, [], 0.0
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if (state["n_vertices"], state["n_faces"]) != (model.n_vertices, model.n_faces):
+            raise ValueError(
+                f"{ckpt_path}: made with a head model of {state['n_vertices']} vertices / {state['n_faces']} "
+                f"triangles, this one has {model.n_vertices} / {model.n_faces}: not the same head model"
+            )
+        gaussians = BoundGaussians.from_tensors(state["gaussians"], model.n_faces).to(device)
+        frames.load_state_dict(state["frames"])
+        optimizer = _optimizer(gaussians, frames, cfg, k_mean)
+        optimizer.load_state_dict(state["optimizer"])
+        stats = DensifyStats(len(gaussians), device)
+        stats.load_state_dict(state["stats"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start = resumed_from = int(state["iteration"])
+        history, elapsed = state["history"], float(state["train_seconds"])
+    else:
+        colors = _init_colors(data, model, triangles, device)
+        gaussians = BoundGaussians.init(triangles, model.n_faces, colors, cfg.init_scale, cfg.init_opacity).to(device)
+        optimizer = _optimizer(gaussians, frames, cfg, k_mean)
+        stats = DensifyStats(len(gaussians), device)
+
+    def sh_degree_at(it: int) -> int:
+        return min(it // max(cfg.sh_every, 1), 3)
+
+    def checkpoint(it: int, seconds: float) -> None:
+        _save_checkpoint(ckpt_path, {
+            "iteration": it, "gaussians": gaussians.tensors(), "frames": frames.state_dict(),
+            "optimizer": optimizer.state_dict(), "stats": stats.state_dict(), "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "history": history, "train_seconds": seconds,
+            "n_vertices": model.n_vertices, "n_faces": model.n_faces, "sh_degree": sh_degree_at(it),
+            "config": config_to_dict(cfg),
+        })
+
+    train_idx = torch.as_tensor(data.train_idx, dtype=torch.long)
+    bar = tqdm(total=cfg.iterations, initial=min(start, cfg.iterations), desc="train-avatar", unit="it",
+               disable=not cfg.progress, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for it in range(start, cfg.iterations):
+        for group in optimizer.param_groups:
+            if group["name"] == "xyz":
+                group["lr"] = _position_lr(cfg, it, k_mean)
+        sel = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), generator=gen)]
+        target, weight = data.batch(sel, device)
+        deg = sh_degree_at(it)
+        image, _, info = render_frames(gaussians, model, frames.gather(sel), camera, deg)
+        photo = (1 - cfg.lambda_ssim) * l1(image, target, weight) + cfg.lambda_ssim * (1 - ssim(image, target, weight))
+        loss = photo + regularisers(gaussians, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if it < cfg.densify_until and info.means2d.grad is not None:
+            stats.update(info.means2d.grad, info.visible, camera.width, camera.height)
+        optimizer.step()
+        done = it + 1
+        if cfg.densify_from <= done < cfg.densify_until and done % cfg.densify_every == 0:
+            densify_and_prune(gaussians, optimizer, stats, face_scale, cfg.grad_threshold,
+                              cfg.percent_dense * cfg.extent, cfg.min_opacity, cfg.max_size * cfg.extent, gen)
+        if cfg.opacity_reset_every and done < cfg.densify_until and done % cfg.opacity_reset_every == 0:
+            reset_opacity(gaussians, optimizer)
+        if done % 10 == 0 or done == cfg.iterations:
+            p = psnr(image, target, weight)
+            history.append({"iteration": done, "loss": float(loss.item()), "psnr": p, "n": len(gaussians)})
+            bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{p:.2f}", n=len(gaussians), sh=deg)
+        bar.update(1)
+        if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+            checkpoint(done, elapsed + time.perf_counter() - t0)
+    bar.close()
+    iterations_run = max(cfg.iterations - start, 0)
+    elapsed += time.perf_counter() - t0
+    if not ckpt_path.is_file():  # zero iterations asked for
+        checkpoint(start, elapsed)
+    deg = sh_degree_at(max(cfg.iterations, start, 1) - 1)
+    test = evaluate(gaussians, model, data, data.test_idx, deg, str(device))
+    return FitResult(gaussians, frames.all(), deg, test, history, iterations_run, elapsed, resumed_from)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "gaussian-flametalk": __version__}
+    for dist in ("torch", "numpy", "gsplat"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def open_subject(cfg: AvatarConfig) -> tuple[Subject, HeadModel, HeadParams]:
+    """The SUBJECT, its head model (checked against the tracking) and tracked parameters; clear errors on bad input."""
+    subject = Subject.open(cfg.subject)
+    for name in ("params.npz", "camera.json"):
+        if not (subject.root / name).is_file():
+            raise FileNotFoundError(f"{subject.root / name}: missing from the SUBJECT folder")
+    params = subject.params()
+    if params.batch != subject.n_frames:
+        raise ValueError(f"{subject.root / 'params.npz'}: {params.batch} frames, meta.json says {subject.n_frames}")
+    hm = subject.meta["head_model"]
+    spec = cfg.head_model or hm["spec"]
+    model = load_head_model(spec, n_shape=hm["n_shape"], n_expression=hm["n_expression"])
+    check_head_model(model, subject, params)
+    return subject, model, params
+
+
+def save_grid(path: Path, rows: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """PNG grid, one row per frame: ground truth | render | error (|difference| x4), uint8 (H, W, 3) inputs."""
+    import cv2
+
+    lines = []
+    for gt, rendered in rows:
+        err = np.clip(np.abs(gt.astype(np.int16) - rendered.astype(np.int16)).mean(axis=-1) * 4, 0, 255).astype(np.uint8)
+        lines.append(np.concatenate([gt, rendered, cv2.applyColorMap(err, cv2.COLORMAP_INFERNO)[..., ::-1]], axis=1))
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    cv2.imwrite(str(tmp), np.concatenate(lines, axis=0)[..., ::-1])
+    os.replace(tmp, path)
+
+
+def train_avatar(cfg: AvatarConfig) -> dict:
+    """Run the stage on ``cfg.subject``; returns the meta.json dict (see the module docstring for the outputs)."""
+    import cv2
+
+    from .render import AvatarRenderer
+
+    t_start = time.perf_counter()
+    subject, model, _params = open_subject(cfg)
+    out = Path(cfg.out) if cfg.out is not None else subject.root / "avatar"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # unfinished until rewritten
+    model = model.to(cfg.device)
+    triangles = region_triangles(model.faces, model.regions, cfg.regions).cpu()
+    t0 = time.perf_counter()
+    data = load_training_data(subject, model.cpu(), triangles, cfg.resolution)
+    static = static_background(subject.n_frames, subject.frame, subject.mask)
+    _write_png(out / "background.png", static)
+    t_load = time.perf_counter() - t0
+
+    result = fit_avatar(data, model, cfg, out)
+    device = torch.device(cfg.device)
+    model = model.to(device)
+    final = result.params
+    np.savez(_tmp(out / "params.npz"), **final.to_numpy())
+    os.replace(_tmp(out / "params.npz"), out / "params.npz")
+    frame = min(max(cfg.ply_frame, 0), subject.n_frames - 1)
+    with torch.no_grad():
+        verts = model.forward_params(params_to(final[frame:frame + 1], device))[0]
+    save_ply(out / "avatar.ply", result.gaussians, verts, model.faces, frame)
+
+    renderer = AvatarRenderer(subject, result.gaussians, model, static, result.sh_degree, cfg.resolution, device)
+    pick = data.test_idx[np.unique(np.linspace(0, len(data.test_idx) - 1, max(cfg.grid_frames, 1)).round().astype(int))]
+    rows = []
+    for i in pick:
+        rendered = renderer.frame(params_to(data.params[int(i):int(i) + 1], device), int(i))
+        gt = cv2.resize(subject.frame(int(i)), (cfg.resolution, cfg.resolution), interpolation=cv2.INTER_AREA)
+        rows.append((gt, rendered))
+    save_grid(out / "test_grid.png", rows)
+
+    ips = result.iterations_run / result.train_seconds if result.train_seconds > 0 and result.iterations_run else None
+    meta = {
+        "stage": "train-avatar",
+        "config": config_to_dict(cfg),
+        "versions": _versions(),
+        "inputs": {"subject": str(subject.root.resolve()), "head_model": subject.meta["head_model"],
+                   "n_vertices": model.n_vertices, "n_faces": model.n_faces, "n_frames": subject.n_frames,
+                   "train_frames": len(data.train_idx), "test_frames": len(data.test_idx)},
+        "resumed_from": result.resumed_from,
+        "timings": {"load_s": t_load, "train_s": result.train_seconds, "total_s": time.perf_counter() - t_start,
+                    "iterations_per_s": ips, "device": str(device)},
+        "figures": {"test_psnr": result.test["psnr"], "test_ssim": result.test["ssim"], "test_l1": result.test["l1"],
+                    "n_gaussians": len(result.gaussians), "sh_degree": result.sh_degree,
+                    "final_train_loss": result.history[-1]["loss"] if result.history else None},
+        "outputs": ["checkpoint.pt", "params.npz", "avatar.ply", "background.png", "test_grid.png"],
+    }
+    write_json(out / "meta.json", meta)
+    return meta
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    import cv2
+
+    cv2.imwrite(str(_tmp(path)), rgb[..., ::-1])
+    os.replace(_tmp(path), path)
+
+
+def main(cfg: AvatarConfig) -> int:
+    meta = train_avatar(cfg)
+    f = meta["figures"]
+    print(f"test PSNR {f['test_psnr']:.2f} dB, SSIM {f['test_ssim']:.4f}, {f['n_gaussians']} Gaussians, "
+          f"{meta['timings']['train_s']:.0f} s training; wrote {Path(cfg.out or Path(cfg.subject) / 'avatar')}")
+    return 0
