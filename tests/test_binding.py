@@ -112,12 +112,3 @@ def test_densified_children_keep_parent_triangle_and_no_triangle_empties():
         p = group["params"][0]
         assert p is getattr(avatar, group["name"]) and p.shape[0] == len(avatar)
         assert opt.state[p]["exp_avg"].shape == p.shape
-
-
-def test_rotation_to_quaternion_matches_geometry():
-    from gaussian_flametalk.avatar.binding import rotation_to_quaternion
-    from gaussian_flametalk.geometry.rotation import quaternion_to_matrix
-
-    q = torch.nn.functional.normalize(torch.randn(500, 4, generator=torch.Generator().manual_seed(0)), dim=-1)
-    back = quaternion_to_matrix(rotation_to_quaternion(quaternion_to_matrix(q)))
-    assert torch.allclose(back, quaternion_to_matrix(q), atol=1e-5)

@@ -31,3 +31,14 @@ def test_camera_look_at_projects_target_to_centre_and_up_to_top():
     assert px[1, 1] < 100  # world up is image up
     assert torch.isclose(px[2, 0], torch.tensor(128.0 + 50.0))  # 0.1 m at 1 m with f=500 -> 50 px, to the right
     assert torch.allclose(cam.world_to_camera(torch.tensor([0.0, 0, 0])), torch.tensor([0.0, 0, 1.0]))
+
+
+def test_matrix_to_quaternion_has_finite_gradients_everywhere():
+    q = torch.nn.functional.normalize(torch.randn(500, 4, generator=torch.Generator().manual_seed(0)), dim=-1)
+    r = quaternion_to_matrix(q)
+    assert torch.allclose(quaternion_to_matrix(matrix_to_quaternion(r)), r, atol=1e-5)
+    # identity and half turns about each axis: branches whose square roots vanish must not poison the gradient
+    special = torch.stack([torch.eye(3), torch.diag(torch.tensor([1.0, -1, -1])), torch.diag(torch.tensor([-1.0, 1, -1])),
+                           torch.diag(torch.tensor([-1.0, -1, 1]))]).requires_grad_()
+    matrix_to_quaternion(special).sum().backward()
+    assert torch.isfinite(special.grad).all()

@@ -19,7 +19,9 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["TriangleFrames", "local_to_world", "quaternion_multiply", "rotation_to_quaternion", "triangle_frames"]
+from ..geometry.rotation import matrix_to_quaternion, quaternion_multiply
+
+__all__ = ["TriangleFrames", "local_to_world", "triangle_frames"]
 
 _EPS = 1e-12
 
@@ -75,43 +77,7 @@ def local_to_world(
     """
     origin, rotation, k = frames.origin[:, parent], frames.rotation[:, parent], frames.scale[:, parent]
     means = k[..., None] * (rotation @ xyz[None, :, :, None])[..., 0] + origin
-    tri_quats = rotation_to_quaternion(frames.rotation)[:, parent]
+    tri_quats = matrix_to_quaternion(frames.rotation)[:, parent]
     world_quats = quaternion_multiply(tri_quats, torch.nn.functional.normalize(quats, dim=-1)[None])
     scales = k[..., None] * torch.exp(log_scales)[None]
     return means, world_quats, scales
-
-
-def rotation_to_quaternion(matrix: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (w, x, y, z), with finite gradients everywhere.
-
-    Each quaternion comes from whichever of its four components is largest (the best-conditioned formula); the square
-    roots are guarded so that the branches not taken do not turn gradients into NaN.
-    """
-    m = matrix
-    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-    four_sq = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
-    best = four_sq.argmax(dim=-1, keepdim=True)  # (..., 1)
-    two_q = torch.gather(four_sq, -1, best).clamp_min(1e-8).sqrt()  # 2 |q_best|
-    d21, d02, d10 = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
-    s10, s02, s21 = m[..., 1, 0] + m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 2, 1] + m[..., 1, 2]
-    rows = torch.stack([
-        torch.stack([four_sq[..., 0], d21, d02, d10], -1),
-        torch.stack([d21, four_sq[..., 1], s10, s02], -1),
-        torch.stack([d02, s10, four_sq[..., 2], s21], -1),
-        torch.stack([d10, s02, s21, four_sq[..., 3]], -1),
-    ], dim=-2)  # row i = 4 q_i q
-    q = torch.gather(rows, -2, best[..., None].expand(*best.shape[:-1], 1, 4))[..., 0, :] / (2.0 * two_q)
-    q = torch.nn.functional.normalize(q, dim=-1)
-    return torch.where(q[..., :1] < 0, -q, q)
-
-
-def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hamilton product ``a b`` of (..., 4) quaternions (w, x, y, z) (broadcasting); rotates by b, then a."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], dim=-1)

@@ -2,7 +2,8 @@
 
 Conventions: rotation matrices act on column vectors (``x' = R @ x``); axis-angle vectors are
 ``angle * unit_axis`` (radians); quaternions are ``(w, x, y, z)`` with the real part first, as gsplat
-stores them, and need not be normalised on input.
+stores them, and need not be normalised on input. Gradients are finite everywhere (the avatar differentiates
+triangle frames through :func:`matrix_to_quaternion`).
 """
 
 from __future__ import annotations
@@ -78,29 +79,36 @@ def quaternion_to_matrix(quat: torch.Tensor) -> torch.Tensor:
 
 
 def matrix_to_quaternion(matrix: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (w, x, y, z) with w >= 0.
+    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (w, x, y, z), with finite gradients everywhere.
 
-    Uses the numerically best-conditioned of the four candidate formulas per matrix.
+    Each quaternion comes from whichever of its four components is largest (the best-conditioned formula); the square
+    roots are guarded so that the branches not taken do not turn gradients into NaN.
     """
     m = matrix
     m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-    # 4*q_i^2 for i in (w, x, y, z)
-    four_sq = torch.stack(
-        [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1
-    )
-    q_abs = four_sq.clamp_min(0).sqrt()  # 2|q_i|
-    # candidate quaternions, each scaled by 2*q_i (row i derived assuming q_i is the largest)
-    c = torch.stack(
-        [
-            torch.stack([q_abs[..., 0] ** 2, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-            torch.stack([m[..., 2, 1] - m[..., 1, 2], q_abs[..., 1] ** 2, m[..., 1, 0] + m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0]], -1),
-            torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] + m[..., 0, 1], q_abs[..., 2] ** 2, m[..., 2, 1] + m[..., 1, 2]], -1),
-            torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 2, 0] + m[..., 0, 2], m[..., 2, 1] + m[..., 1, 2], q_abs[..., 3] ** 2], -1),
-        ],
-        dim=-2,
-    )  # (..., 4, 4)
-    c = c / (2.0 * q_abs[..., None].clamp_min(0.1))
-    best = q_abs.argmax(dim=-1)
-    q = torch.gather(c, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
-    q = q / q.norm(dim=-1, keepdim=True)
+    four_sq = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
+    best = four_sq.argmax(dim=-1, keepdim=True)  # (..., 1)
+    two_q = torch.gather(four_sq, -1, best).clamp_min(1e-8).sqrt()  # 2 |q_best|
+    d21, d02, d10 = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
+    s10, s02, s21 = m[..., 1, 0] + m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 2, 1] + m[..., 1, 2]
+    rows = torch.stack([
+        torch.stack([four_sq[..., 0], d21, d02, d10], -1),
+        torch.stack([d21, four_sq[..., 1], s10, s02], -1),
+        torch.stack([d02, s10, four_sq[..., 2], s21], -1),
+        torch.stack([d10, s02, s21, four_sq[..., 3]], -1),
+    ], dim=-2)  # row i = 4 q_i q
+    q = torch.gather(rows, -2, best[..., None].expand(*best.shape[:-1], 1, 4))[..., 0, :] / (2.0 * two_q)
+    q = torch.nn.functional.normalize(q, dim=-1)
     return torch.where(q[..., :1] < 0, -q, q)
+
+
+def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamilton product ``a b`` of (..., 4) quaternions (w, x, y, z) (broadcasting); rotates by b, then a."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([
+        aw * bw - ax * bx - ay * by - az * bz,
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+    ], dim=-1)
