@@ -20,7 +20,7 @@ from gaussian_flametalk.avatar.gaussians import (
     load_ply,
     region_triangles,
 )
-from gaussian_flametalk.avatar.render import load_params, render_sequence
+from gaussian_flametalk.avatar.sequence import load_params, render_sequence
 from gaussian_flametalk.avatar.sh import rgb_to_sh
 from gaussian_flametalk.avatar.train import (
     AvatarConfig,

@@ -317,3 +317,14 @@ def test_sh_and_projection_match_gsplat_pytorch_reference():
     # gsplat's PyTorch projection lacks the CUDA kernel's opacity-aware extent and always uses 3.33 sigma, which ours
     # uses too once sqrt(2 ln(255 opacity)) >= 3.33, i.e. opacity >= 1.0007: identical boxes and culling
     assert torch.equal(proj.radii, radii)
+
+
+def test_package_render_is_the_rasterizer_after_every_avatar_module_is_imported():
+    import importlib
+    import pkgutil
+
+    import gaussian_flametalk.avatar as avatar
+
+    for mod in pkgutil.iter_modules(avatar.__path__):
+        importlib.import_module(f"gaussian_flametalk.avatar.{mod.name}")
+    assert callable(avatar.render)  # no submodule may shadow the public function

@@ -471,7 +471,7 @@ def train_avatar(cfg: AvatarConfig) -> dict:
     """Run the stage on ``cfg.subject``; returns the meta.json dict (see the module docstring for the outputs)."""
     import cv2
 
-    from .render import AvatarRenderer
+    from .sequence import AvatarRenderer
 
     t_start = time.perf_counter()
     subject, model, _params = open_subject(cfg)

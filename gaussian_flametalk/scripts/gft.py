@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import add_dataclass_args, dataclass_from_args
-from ..avatar.render import RenderAvatarConfig
-from ..avatar.render import main as render_avatar_main
+from ..avatar.sequence import RenderAvatarConfig
+from ..avatar.sequence import main as render_avatar_main
 from ..avatar.train import AvatarConfig
 from ..avatar.train import main as train_avatar_main
 from ..flametalk.train import TalkConfig
