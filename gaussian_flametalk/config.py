@@ -68,6 +68,20 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
     return cls(**values)
 
 
+def package_versions(*distributions: str) -> dict[str, str]:
+    """Versions for a stage's meta.json: Python, this package, torch, numpy and the given distributions (if installed)."""
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for dist in ("gaussian-flametalk", "torch", "numpy", *distributions):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """JSON-ready dict of a dataclass config (paths as strings), for meta.json files."""
     def conv(v: Any) -> Any:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
-from ..config import config_to_dict
+from ..config import config_to_dict, package_versions
 from ..geometry.camera import Camera
 from ..headmodel import HeadModel, HeadParams, load_head_model
 from ..tracking.subject import Subject, write_json
@@ -426,18 +424,6 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
 # The stage
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "gaussian-flametalk": __version__}
-    for dist in ("torch", "numpy", "gsplat"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def open_subject(cfg: AvatarConfig) -> tuple[Subject, HeadModel, HeadParams]:
     """The SUBJECT, its head model (checked against the tracking) and tracked parameters; clear errors on bad input."""
     subject = Subject.open(cfg.subject)
@@ -510,7 +496,7 @@ def train_avatar(cfg: AvatarConfig) -> dict:
     meta = {
         "stage": "train-avatar",
         "config": config_to_dict(cfg),
-        "versions": _versions(),
+        "versions": package_versions("gsplat"),
         "inputs": {"subject": str(subject.root.resolve()), "head_model": subject.meta["head_model"],
                    "n_vertices": model.n_vertices, "n_faces": model.n_faces, "n_frames": subject.n_frames,
                    "train_frames": len(data.train_idx), "test_frames": len(data.test_idx)},

@@ -1,8 +1,8 @@
 """The FFT-based nose-keypoint stability metric (GaussianFlameTalk, section 3.3), with the normalisation fixed.
 
 Nose keypoints are iBUG points 27-35, in pixels, per frame; their coordinates are divided by the clip's
-median inter-ocular distance (distance between the two eye centres, iBUG 36-41 and 42-47), so the terms do
-not depend on resolution or on how large the face is in the frame.
+median inter-ocular distance (between the outer eye corners, iBUG 36 and 45, the 300-W convention the tracking
+figures use too), so the terms do not depend on resolution or on how large the face is in the frame.
 
     m_t = mean over keypoints of |p_{t+1} - p_t|            (t = 0 .. T-2)
     M_d = mean_t m_t        V_m = std_t m_t
@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from ..tracking.landmarks import inter_ocular
 
 NOSE = tuple(range(27, 36))
 
@@ -38,11 +40,6 @@ class StabilityTerms:
     def summary(self) -> dict[str, float]:
         d = asdict(self)
         return {k: v for k, v in d.items() if not isinstance(v, np.ndarray)}
-
-
-def inter_ocular(points68: np.ndarray) -> np.ndarray:
-    """(..., 68, 2) -> (...,) distance between the eye centres."""
-    return np.linalg.norm(points68[..., 36:42, :].mean(-2) - points68[..., 42:48, :].mean(-2), axis=-1)
 
 
 def detrend(x: np.ndarray) -> np.ndarray:
@@ -69,7 +66,7 @@ def stability_terms(points68: np.ndarray, fps: float, cutoff_hz: float = 5.0) ->
     pts = np.asarray(points68, np.float64)
     if pts.ndim != 3 or pts.shape[1:] != (68, 2) or len(pts) < 3:
         raise ValueError(f"need (T >= 3, 68, 2) landmarks, got {pts.shape}")
-    if not np.isfinite(pts[:, list(NOSE) + list(range(36, 48))]).all():
+    if not np.isfinite(pts[:, [*NOSE, 36, 45]]).all():
         raise ValueError("nose or eye landmarks contain NaN/inf: interpolate missing frames first")
     scale = float(np.median(inter_ocular(pts)))
     traj = pts[:, list(NOSE)] / scale

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
-from ..config import config_to_dict
-from ..headmodel import HeadModel, load_head_model
+from ..config import config_to_dict, package_versions
+from ..headmodel import HeadModel
 from ..tracking.subject import Subject, write_json
 from .audio import SAMPLE_RATE, AudioError, load_audio
 from .encoders import AudioEncoder, load_encoder
@@ -288,18 +286,6 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
                             "resumed_from": resumed_from, "spec": asdict(spec)}
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "gaussian-flametalk": __version__, "torch": torch.__version__}
-    for name in ("numpy", "transformers"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def open_subjects(cfg: TalkConfig) -> tuple[list[Subject], HeadModel, list[TalkData]]:
     """Open and check every SUBJECT (one head model, one frame rate, audio present) before training anything."""
     if not cfg.subjects:
@@ -343,7 +329,7 @@ def train_talk(cfg: TalkConfig) -> dict:
     meta = {
         "stage": "train-talk",
         "config": config_to_dict(cfg),
-        "versions": _versions(),
+        "versions": package_versions("transformers"),
         "subjects": [str(s.root) for s in subjects],
         "head_model": subjects[0].meta["head_model"],
         "fps": datas[0].fps,

@@ -24,7 +24,7 @@ Levenberg-Marquardt uses the problem's structure: per-frame unknowns are indepen
 ones, so the normal equations are solved with the Schur complement of the per-frame blocks, and the
 Jacobian columns come from forward-mode derivatives (one per unknown of a frame, for all frames at once).
 
-Losses are in units of the clip's inter-ocular distance (IOD), so weights do not depend on resolution, and
+Losses are in units of the clip's distance between the eye centres (IOD), so weights do not depend on resolution, and
 every term is an average over landmarks (a smoothness weight of 1 trades one IOD of acceleration for one
 IOD of landmark residual):
 landmark residuals are divided by the median detected IOD in pixels, and a pseudo-Huber penalty
@@ -104,8 +104,8 @@ def project(points: torch.Tensor, focal: torch.Tensor, width: int, height: int, 
     return torch.stack([focal * x / depth + width / 2, -focal * y / depth + height / 2], dim=-1)
 
 
-def _inter_ocular(points68: torch.Tensor) -> torch.Tensor:
-    """(..., 68, D) -> (...,) distance between the eye centres."""
+def _eye_centre_distance(points68: torch.Tensor) -> torch.Tensor:
+    """(..., 68, D) -> (...,) distance between the eye centres (the fitter's internal length unit, "IOD" below)."""
     return (points68[..., 36:42, :].mean(-2) - points68[..., 42:48, :].mean(-2)).norm(dim=-1)
 
 
@@ -138,11 +138,11 @@ class _Problem:
         self.rigid_mask[list(RIGID_LANDMARKS)] = True
         self.all_mask = torch.ones(68, dtype=torch.bool, device=dev)
         observed = weight.sum(1) > 0
-        iod = _inter_ocular(target)[observed]
+        iod = _eye_centre_distance(target)[observed]
         self.iod_px = float(iod.median()) if iod.numel() else float(min(width, height)) / 4
         with torch.no_grad():
             template_lmk = model.forward_landmarks(shape=torch.zeros(1, model.n_shape, dtype=dt, device=dev))[0]
-        self.iod_model = float(_inter_ocular(template_lmk))
+        self.iod_model = float(_eye_centre_distance(template_lmk))
         self.focal_init = cfg.focal_init or 2.0 * max(width, height)
         expr0 = 0.0 if model.expression_bounds is None else min(max(0.0, model.expression_bounds[0]), model.expression_bounds[1])
         self.values: dict[str, torch.Tensor] = {
@@ -160,7 +160,7 @@ class _Problem:
         """Place the template so its landmark centroid and size match each frame's detections (gaps interpolated)."""
         f, D = self.focal_init, self.cfg.camera_distance
         centre_px = self.target.mean(1)  # (T, 2)
-        iod_px = _inter_ocular(self.target).clamp_min(1e-3)
+        iod_px = _eye_centre_distance(self.target).clamp_min(1e-3)
         c3 = template_lmk.mean(0)
         depth = f * self.iod_model / iod_px  # distance of the face from the camera
         t = torch.stack([

@@ -11,7 +11,6 @@ re-run reuses a finished detection pass found there.
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import sys
 import time
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import config_to_dict
+from ..config import config_to_dict, package_versions
 from ..headmodel import HeadModel, load_head_model
 from .crop import find_crop
 from .fit import FitConfig, FitResult, fit_landmarks
@@ -52,18 +51,6 @@ class TrackConfig(FitConfig):
 
 def _log(msg: str) -> None:
     print(f"[gft track] {msg}", file=sys.stderr, flush=True)
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for dist in ("gaussian-flametalk", "torch", "numpy", "mediapipe", "opencv-contrib-python", "imageio-ffmpeg"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def _detection_pass(cfg: TrackConfig, work: Path, crop, n_expected: int) -> ClipLandmarks:
@@ -194,7 +181,7 @@ def track(cfg: TrackConfig) -> Path:
     timings["total_s"] = time.perf_counter() - t_all
     figures.update({f"{k[:-2]}_fps": T / v for k, v in timings.items() if k in ("detect_s", "fit_s", "overlay_s") and v > 0})
     meta = {
-        "stage": "track", "config": config_to_dict(cfg), "versions": _versions(),
+        "stage": "track", "config": config_to_dict(cfg), "versions": package_versions("mediapipe", "opencv-contrib-python", "imageio-ffmpeg"),
         "head_model": {"spec": cfg.head_model, "kind": model.kind, "n_shape": model.n_shape, "n_expression": model.n_expression},
         "video": {"path": str(Path(cfg.video).resolve()), "width": info.width, "height": info.height, "fps": info.fps,
                   "duration": info.duration, "has_audio": has_audio},
