@@ -71,14 +71,11 @@ def test_missing_key_fails_naming_file_and_key(tmp_path):
     path = tmp_path / "broken.pkl"
     write_flame_pickle(path, arrays)
     raw = path.read_bytes()
-    # drop 'posedirs' by rewriting the dict without it through our own reader/writer types
+    # drop 'posedirs': read the raw dict with the loader's unpickler and write it back with the official class names
     from gaussian_flametalk.headmodel import flame_format
 
-    class Keep(flame_format._FlameUnpickler):
-        pass
-
     with open(path, "rb") as fh:
-        d = Keep(fh, path).load()
+        d = flame_format._FlameUnpickler(fh, path).load()
     del d["posedirs"]
     path.write_bytes(flame_format._rename_globals(pickle.dumps(d, protocol=2), {
         (flame_format.ChumpyArray.__module__, "ChumpyArray"): ("chumpy.ch", "Ch")}))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -126,4 +125,3 @@ def test_train_test_split():
     assert len(test) == 750
     with pytest.raises(FileNotFoundError, match="meta.json"):
         Subject.open(Path("/nonexistent/subject"))
-    assert json.dumps({"ok": True})
