@@ -94,11 +94,18 @@ class AvatarRenderer:
         Returns:
             (size, size, 3) uint8.
         """
+        return self.frame_from_vertices(self.model.forward_params(params), source)
+
+    @torch.no_grad()
+    def frame_from_vertices(self, verts: torch.Tensor, source: int) -> np.ndarray:
+        """One composited frame of the avatar on the posed mesh ``verts`` (1, V, 3) over source frame ``source``:
+        (size, size, 3) uint8."""
         import cv2
 
-        from .train import render_frames
+        from .train import render_vertices
 
-        image, alpha, _ = render_frames(self.gaussians, self.model, params, self.camera, self.sh_degree)
+        image, alpha, _ = render_vertices(self.gaussians, verts.to(self.device), self.model.faces, self.camera,
+                                          self.sh_degree)
         src_verts = self.model.forward_params(self.tracked[source:source + 1])[:, self.used]
         cut = float(torso_cut_rows(src_verts, self.camera)[0])
         size = (self.size, self.size)

@@ -263,10 +263,16 @@ def render_frames(
     gaussians: BoundGaussians, model: HeadModel, params: HeadParams, camera: Camera, sh_degree: int
 ) -> tuple[torch.Tensor, torch.Tensor, object]:
     """Render B frames over black: image (B, H, W, 3), alpha (B, H, W, 1), RenderInfo."""
-    verts = model.forward_params(params)
-    means, quats, scales, opac, sh = gaussians.world(verts, model.faces)
+    return render_vertices(gaussians, model.forward_params(params), model.faces, camera, sh_degree)
+
+
+def render_vertices(
+    gaussians: BoundGaussians, verts: torch.Tensor, faces: torch.Tensor, camera: Camera, sh_degree: int
+) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """Render posed meshes (B, V, 3) over black: image (B, H, W, 3), alpha (B, H, W, 1), RenderInfo."""
+    means, quats, scales, opac, sh = gaussians.world(verts, faces)
     bg = torch.zeros(3, dtype=means.dtype, device=means.device)
-    return render(means, quats, scales, opac, sh, [camera] * params.batch, bg, sh_degree)
+    return render(means, quats, scales, opac, sh, [camera] * verts.shape[0], bg, sh_degree)
 
 
 def regularisers(gaussians: BoundGaussians, cfg: AvatarConfig) -> torch.Tensor:

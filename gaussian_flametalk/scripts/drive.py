@@ -1,0 +1,234 @@
+"""``gft drive SUBJECT SPEECH --out out.mp4``: the trained avatar speaking any speech.
+
+Expression and jaw come from the subject's FlameTalk (``SUBJECT/talk``); head pose (rotation, neck, eyes,
+translation), identity and blinks (expression components whose name contains "blink", where the head model names
+them) come from the avatar's optimised per-frame sequence (``SUBJECT/avatar/params.npz``), looped forward-backward
+when the speech is longer than the video. Frame ``t`` is composited over source frame ``t`` of the same loop.
+
+The video has ``ceil(duration * fps)`` frames; the speech is padded with silence to exactly that length, so picture
+and sound end together. Beside ``out.mp4`` go ``out.npz`` (the head parameters of every frame, the FlameTalk motion
+and the source frame of each output frame) and ``out.meta.json`` (config, inputs, versions, timings split into audio
+model, mesh, render and encode, and the real-time factor).
+
+Self-reenactment (``--self-reenact``, no SPEECH): the subject's own test-split audio drives the avatar with the
+test frames' own head poses and backgrounds, and ``out.reference.mp4`` holds the real test frames with the same
+sound, so ``gft eval out.mp4 --reference out.reference.mp4`` compares with the real footage frame by frame.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import wave as wavmod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..avatar.sequence import AvatarRenderer, load_params, pingpong
+from ..config import config_to_dict, package_versions
+from ..flametalk.audio import SAMPLE_RATE, load_audio
+from ..flametalk.train import load_talk
+from ..headmodel import HeadModel, HeadParams
+from ..tracking.subject import Subject, write_json
+from ..tracking.video import write_video
+
+__all__ = ["DriveConfig", "blink_components", "drive", "drive_params", "main"]
+
+
+@dataclass
+class DriveConfig:
+    """Options of ``gft drive``."""
+
+    subject: Path = field(metadata={"help": "SUBJECT folder with a trained avatar (SUBJECT/avatar) and FlameTalk "
+                                            "(SUBJECT/talk)"})
+    speech: Path | None = field(default=None, metadata={
+        "help": "speech file (wav/flac/mp3/ogg/m4a/mp4..., any rate and channels); omit with --self-reenact"})
+    out: Path = field(default=Path("drive.mp4"), metadata={"help": "output mp4 (out.npz and out.meta.json beside)"})
+    self_reenact: bool = field(default=False, metadata={
+        "help": "drive with the subject's own test-split audio and poses; also writes out.reference.mp4 (real frames)"})
+    talk: Path | None = field(default=None, metadata={"help": "FlameTalk folder (default SUBJECT/talk)"})
+    avatar: Path | None = field(default=None, metadata={"help": "avatar folder (default SUBJECT/avatar)"})
+    mode: str = field(default="autoregressive", metadata={"help": "FlameTalk inference: autoregressive or parallel"})
+    resolution: int | None = field(default=None, metadata={"help": "output size (default: the avatar's training "
+                                                                    "resolution)"})
+    device: str = field(default="cpu", metadata={"help": "torch device (cuda uses gsplat)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+def blink_components(model: HeadModel) -> list[int]:
+    """Indices of expression components named as blinks (e.g. ``blink_left``, ``eyeBlink_L``); empty for FLAME."""
+    return [i for i, name in enumerate(model.expression_names) if "blink" in name.lower()]
+
+
+def drive_params(sequence: HeadParams, motion: dict[str, torch.Tensor], source: np.ndarray,
+                 model: HeadModel) -> HeadParams:
+    """Head parameters of the driven frames.
+
+    Args:
+        sequence: the subject's optimised sequence (N frames).
+        motion: FlameTalk output, ``expression`` (T, E) and ``jaw`` (T, 3).
+        source: (T,) frame of ``sequence`` that gives each output frame its pose, identity and blinks.
+    Returns:
+        T frames: FlameTalk's expression (blink components from the sequence) and jaw; everything else from the
+        sequence.
+    """
+    idx = torch.as_tensor(source, dtype=torch.long)
+    out = sequence[idx]
+    expression = motion["expression"].to(out.expression).clone()
+    blinks = blink_components(model)
+    if blinks:
+        expression[:, blinks] = out.expression[:, blinks]
+    out.expression = expression
+    if "jaw" in model.pose_parts:
+        out.jaw = motion["jaw"].to(out.jaw)
+    return out
+
+
+def _write_wav(path: Path, samples: np.ndarray) -> None:
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    with wavmod.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+
+
+def _speech(cfg: DriveConfig, subject: Subject) -> tuple[np.ndarray, np.ndarray | None]:
+    """(samples at 16 kHz, source frames or None). Self-reenactment: the test split's audio and its frames."""
+    if cfg.self_reenact:
+        if cfg.speech is not None:
+            raise ValueError("--self-reenact uses the subject's own test-split audio: give no SPEECH")
+        if subject.audio_path is None:
+            raise FileNotFoundError(f"{subject.root}: no audio.wav, so there is no test-split speech to reenact")
+        wave = load_audio(subject.audio_path)
+        _, test = subject.split()
+        spf = SAMPLE_RATE / subject.fps
+        a, b = int(round(test[0] * spf)), int(round((test[-1] + 1) * spf))
+        return wave[a:b], test
+    if cfg.speech is None:
+        raise ValueError("give a SPEECH file (or --self-reenact)")
+    return load_audio(cfg.speech, allow_silent=True), None
+
+
+def drive(cfg: DriveConfig) -> dict:
+    """The stage: predict, pose, render, encode. Returns the meta dict (also written to ``out.meta.json``)."""
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    subject = Subject.open(cfg.subject)
+    avatar_dir = Path(cfg.avatar or subject.root / "avatar")
+    talk_dir = Path(cfg.talk or subject.root / "talk")
+    for what, folder, cmd in (("avatar", avatar_dir, "train-avatar"), ("FlameTalk", talk_dir, "train-talk")):
+        if not (folder / "meta.json").is_file():
+            raise FileNotFoundError(f"{folder}: no finished {what} (meta.json missing): run gft {cmd} {subject.root}")
+    out = Path(cfg.out)
+    if out.suffix.lower() != ".mp4":
+        raise ValueError(f"{out}: the output must be an .mp4 file")
+    wave, test_frames = _speech(cfg, subject)
+    fps = subject.fps
+    duration = wave.size / SAMPLE_RATE
+    n_frames = max(1, math.ceil(duration * fps - 1e-9))
+    padded = np.zeros(int(round(n_frames * SAMPLE_RATE / fps)), np.float32)
+    padded[: min(wave.size, padded.size)] = wave[: padded.size]
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    talk = load_talk(talk_dir, subject.root, cfg.device)
+    timings["load"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    motion = talk.predict(padded, cfg.mode)[:n_frames]
+    timings["audio_model"] = time.perf_counter() - t0
+    if len(motion) < n_frames:  # the encoder rounds the frame count; repeat the last frame
+        motion = np.concatenate([motion, np.repeat(motion[-1:], n_frames - len(motion), 0)])
+    from ..flametalk.losses import motion_to_kwargs
+
+    model = talk.head
+    kw = motion_to_kwargs(torch.from_numpy(motion), model)
+    kw.setdefault("jaw", torch.zeros(n_frames, 3))
+    sequence_path = avatar_dir / "params.npz"
+    sequence = load_params(sequence_path if sequence_path.is_file() else subject.root / "params.npz")
+    if sequence.batch != subject.n_frames:
+        raise ValueError(f"{sequence_path}: {sequence.batch} frames, the SUBJECT has {subject.n_frames}")
+    source = test_frames[:n_frames] if test_frames is not None else pingpong(n_frames, subject.n_frames)
+    if len(source) < n_frames:
+        source = np.concatenate([source, np.full(n_frames - len(source), source[-1])])
+    params = drive_params(sequence, kw, source, model)
+
+    t0 = time.perf_counter()
+    renderer = AvatarRenderer.load(subject, model, avatar_dir, cfg.resolution, cfg.device)
+    timings["load"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        verts = model.to(renderer.device).forward_params(
+            HeadParams(**{k: v.to(renderer.device) for k, v in params.as_kwargs().items()}))
+    if verts.is_cuda:
+        torch.cuda.synchronize()
+    timings["mesh"] = time.perf_counter() - t0
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stem = out.with_suffix("")
+    wav_tmp = stem.with_name(f".{stem.name}.speech.wav")
+    _write_wav(wav_tmp, padded)
+    render_seconds = [0.0]
+
+    def frames():
+        for t in tqdm(range(n_frames), desc="drive", unit="frame", disable=not cfg.progress, dynamic_ncols=True):
+            t1 = time.perf_counter()
+            img = renderer.frame_from_vertices(verts[t:t + 1], int(source[t]))
+            render_seconds[0] += time.perf_counter() - t1
+            yield img
+
+    try:
+        t0 = time.perf_counter()
+        written = write_video(out, frames(), fps, wav_tmp)
+        timings["render"] = render_seconds[0]
+        timings["encode"] = time.perf_counter() - t0 - render_seconds[0]
+        reference = None
+        if test_frames is not None:
+            import cv2
+
+            size = (renderer.size, renderer.size)
+            reference = stem.with_name(f"{stem.name}.reference.mp4")
+            write_video(reference, (cv2.resize(subject.frame(int(i)), size, interpolation=cv2.INTER_AREA)
+                                    for i in source), fps, wav_tmp)
+    finally:
+        wav_tmp.unlink(missing_ok=True)
+
+    npz = stem.with_name(f"{stem.name}.npz")
+    tmp = stem.with_name(f".{stem.name}.tmp.npz")
+    np.savez(tmp, **params.to_numpy(), motion=motion, frames=source, fps=fps)
+    os.replace(tmp, npz)
+    model_seconds = timings["audio_model"] + timings["mesh"] + timings["render"] + timings["encode"]
+    meta = {
+        "stage": "drive",
+        "config": config_to_dict(cfg),
+        "versions": package_versions(),
+        "subject": str(subject.root),
+        "speech": str(cfg.speech) if cfg.speech is not None else f"{subject.audio_path} (test split)",
+        "self_reenact": cfg.self_reenact,
+        "outputs": {"video": str(out), "params": str(npz), "reference": str(reference) if reference else None},
+        "fps": fps,
+        "frames": int(written),
+        "speech_seconds": duration,
+        "resolution": renderer.size,
+        "device": str(renderer.device),
+        "seconds": {**timings, "total": time.perf_counter() - t_start},
+        "real_time_factor": duration / max(model_seconds, 1e-9),
+    }
+    write_json(stem.with_name(f"{stem.name}.meta.json"), meta)
+    return meta
+
+
+def main(cfg: DriveConfig) -> int:
+    meta = drive(cfg)
+    s = meta["seconds"]
+    print(f"wrote {meta['outputs']['video']} ({meta['frames']} frames, {meta['speech_seconds']:.2f} s of speech)")
+    if meta["outputs"]["reference"]:
+        print(f"real test frames with the same sound: {meta['outputs']['reference']}")
+    print(f"audio model {s['audio_model']:.2f} s, mesh {s['mesh']:.2f} s, render {s['render']:.2f} s, "
+          f"encode {s['encode']:.2f} s: {meta['real_time_factor']:.2f}x real time at {meta['resolution']} px "
+          f"on {meta['device']}")
+    return 0

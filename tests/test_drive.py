@@ -1,0 +1,110 @@
+"""`gft drive`: a trained avatar and FlameTalk driven by speech of any format; durations, looping, self-reenactment."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gaussian_flametalk.avatar.sequence import load_params, pingpong
+from gaussian_flametalk.avatar.train import AvatarConfig, train_avatar
+from gaussian_flametalk.flametalk.audio import SAMPLE_RATE, load_audio
+from gaussian_flametalk.flametalk.train import TalkConfig, train_talk
+from gaussian_flametalk.scripts.drive import DriveConfig, blink_components, drive
+from gaussian_flametalk.scripts.gft import main as gft_main
+from gaussian_flametalk.tracking.subject import train_test_split
+from gaussian_flametalk.tracking.video import ffmpeg_exe, iter_frames, probe_video
+from test_avatar import make_subject
+from test_flametalk import speech_like, write_wav
+
+N_FRAMES = 24
+
+
+@pytest.fixture(scope="module")
+def trained_subject(tmp_path_factory) -> Path:
+    """The avatar tests' synthetic SUBJECT (96 px, 24 frames) with speech, a briefly trained avatar and FlameTalk."""
+    root = make_subject(tmp_path_factory.mktemp("drive") / "S", n=N_FRAMES, size=96)
+    samples, _ = speech_like(N_FRAMES / 25.0, seed=3)
+    write_wav(root / "audio.wav", samples)
+    train_avatar(AvatarConfig(subject=root, iterations=20, resolution=96, progress=False, regions=(), sh_every=10**6,
+                              densify_from=100, densify_every=100, opacity_reset_every=0, grid_frames=1))
+    train_talk(TalkConfig(subjects=(root,), iterations=5, seq_frames=8, batch_size=1, dim=16, heads=2, mel_dim=16,
+                          progress=False, window=16, overlap=4))
+    return root
+
+
+def _stereo_mp3(path: Path, seconds: float) -> Path:
+    """Speech-like audio as a 44.1 kHz stereo mp3 (through the bundled ffmpeg)."""
+    samples, _ = speech_like(seconds, seed=7)
+    wav = path.with_suffix(".wav")
+    write_wav(wav, samples)
+    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(wav), "-ac", "2", "-ar", "44100",
+                    str(path)], check=True)
+    return path
+
+
+def test_drive_any_speech_loops_pose_and_matches_durations(trained_subject, tmp_path):
+    seconds = 1.13  # longer than the 24-frame clip: the pose loops forward-backward
+    speech = _stereo_mp3(tmp_path / "speech.mp3", seconds)
+    duration = load_audio(speech).size / SAMPLE_RATE
+    out = tmp_path / "out" / "talking.mp4"
+    meta = drive(DriveConfig(subject=trained_subject, speech=speech, out=out, progress=False))
+    n = math.ceil(duration * 25.0 - 1e-9)
+    assert meta["frames"] == n
+    frames = list(iter_frames(out, fps=None))
+    assert len(frames) == n and frames[0].shape == (96, 96, 3)
+    sound = load_audio(out).size / SAMPLE_RATE  # AAC track of the mp4
+    assert abs(sound - n / 25.0) <= 1 / 25.0, (sound, n / 25.0)
+    info = probe_video(out)
+    assert info.has_audio and info.video_codec == "h264" and info.audio_codec == "aac"
+    with np.load(out.with_suffix(".npz")) as z:
+        assert z["expression"].shape[0] == n and z["motion"].shape[0] == n
+        np.testing.assert_array_equal(z["frames"], pingpong(n, N_FRAMES))
+        tuned = load_params(trained_subject / "avatar" / "params.npz")
+        np.testing.assert_allclose(z["rotation"], tuned.rotation[z["frames"]].numpy(), atol=1e-6)
+        blinks = blink_components(_head(trained_subject))
+        assert blinks, "the synthetic head names its blink components"
+        np.testing.assert_allclose(z["expression"][:, blinks], tuned.expression[z["frames"]][:, blinks].numpy(),
+                                   atol=1e-6)
+    saved = json.loads(out.with_suffix(".meta.json").read_text())
+    assert set(saved["seconds"]) >= {"audio_model", "mesh", "render", "encode"} and saved["real_time_factor"] > 0
+
+
+def _head(subject: Path):
+    from gaussian_flametalk.tracking.subject import Subject
+
+    return Subject.open(subject).head_model()
+
+
+def test_self_reenactment_writes_aligned_reference(trained_subject, tmp_path):
+    out = tmp_path / "self.mp4"
+    assert gft_main(["drive", str(trained_subject), "--self-reenact", "--out", str(out), "--no-progress"]) == 0
+    _, test = train_test_split(N_FRAMES, 25.0)
+    with np.load(out.with_suffix(".npz")) as z:
+        np.testing.assert_array_equal(z["frames"], test)
+    ref = out.with_name("self.reference.mp4")
+    assert len(list(iter_frames(ref, fps=None))) == len(list(iter_frames(out, fps=None))) == len(test)
+
+
+def test_silent_speech_and_bad_input_are_handled(trained_subject, tmp_path):
+    silent = tmp_path / "silent.wav"
+    write_wav(silent, np.zeros(SAMPLE_RATE // 2, np.float32))
+    meta = drive(DriveConfig(subject=trained_subject, speech=silent, out=tmp_path / "silent.mp4", progress=False))
+    assert meta["frames"] == 13
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"not audio at all" * 10)
+    with pytest.raises(Exception, match="bad.mp3"):
+        drive(DriveConfig(subject=trained_subject, speech=bad, out=tmp_path / "bad.mp4", progress=False))
+    with pytest.raises(ValueError, match=r"\.mp4"):
+        drive(DriveConfig(subject=trained_subject, speech=silent, out=tmp_path / "x.avi", progress=False))
+    empty = tmp_path / "empty_subject"
+    empty.mkdir()
+    with pytest.raises(Exception, match="empty_subject"):
+        drive(DriveConfig(subject=empty, speech=silent, out=tmp_path / "y.mp4", progress=False))
+    assert not (tmp_path / "bad.mp4").exists() and not (tmp_path / "y.mp4").exists()
+    assert torch.isfinite(torch.from_numpy(np.load(tmp_path / "silent.npz")["jaw"])).all()
