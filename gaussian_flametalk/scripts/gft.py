@@ -18,7 +18,7 @@ from ..avatar.train import main as train_avatar_main
 from ..flametalk.train import TalkConfig
 from ..flametalk.train import main as train_talk_main
 from ..tracking import track
-from . import doctor
+from . import doctor, drive
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ COMMANDS = (
             RenderAvatarConfig, render_avatar_main, positional=("subject",)),
     Command("train-talk", "train FlameTalk (speech to expression + jaw) on SUBJECT folders (writes SUBJECT/talk)",
             TalkConfig, train_talk_main, positional=("subjects",)),
+    Command("drive", "drive a SUBJECT's avatar with any speech into an mp4 (FlameTalk expression + jaw, tracked pose)",
+            drive.DriveConfig, drive.main, positional=("subject", "speech")),
 )
 
 
