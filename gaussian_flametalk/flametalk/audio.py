@@ -16,7 +16,7 @@ import numpy as np
 
 from ..tracking.video import ffmpeg_reason, ffmpeg_exe
 
-__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "check_wave"]
+__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "check_wave", "save_wav"]
 
 SAMPLE_RATE = 16000
 #: Peak amplitude below which a clip counts as silent (about -80 dBFS).
@@ -51,10 +51,10 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, *, allow
            "pipe:1"]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
-        reason = ffmpeg_reason(proc.stderr.decode("utf-8", "replace"))
-        if "matches no streams" in reason:
+        log = proc.stderr.decode("utf-8", "replace")
+        if "matches no streams" in log:  # a readable file (image, silent video) without sound
             raise AudioError(f"{path}: has no audio stream")
-        raise AudioError(f"{path}: corrupt or unsupported audio file ({reason})")
+        raise AudioError(f"{path}: corrupt or unsupported audio file ({ffmpeg_reason(log)})")
     wave = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
     check_wave(wave, sample_rate, str(path), allow_silent=allow_silent, min_seconds=min_seconds)
     return wave
@@ -73,3 +73,19 @@ def check_wave(wave: np.ndarray, sample_rate: int, name: str, *, allow_silent: b
         raise AudioError(f"{name}: audio contains NaN or infinite samples")
     if not allow_silent and float(np.abs(wave).max()) < SILENCE_PEAK:
         raise AudioError(f"{name}: audio is silent (peak below {SILENCE_PEAK:g})")
+
+
+def save_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
+    """Write (S,) float samples in [-1, 1] as a 16-bit mono wav (clipped), through a temporary name."""
+    import wave
+
+    path = Path(path)
+    pcm = (np.clip(np.asarray(samples, np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
+    tmp = path.with_name(f".{path.name}.tmp")
+    with wave.open(str(tmp), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.tobytes())
+    os.replace(tmp, path)
+    return path

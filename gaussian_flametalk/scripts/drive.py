@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import wave as wavmod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,8 @@ import torch
 
 from ..avatar.sequence import AvatarRenderer, load_params, pingpong
 from ..config import config_to_dict, package_versions
-from ..flametalk.audio import SAMPLE_RATE, load_audio
+from ..flametalk.audio import SAMPLE_RATE, load_audio, save_wav
+from ..flametalk.losses import motion_to_kwargs
 from ..flametalk.train import load_talk
 from ..headmodel import HeadModel, HeadParams
 from ..tracking.subject import Subject, write_json
@@ -87,15 +87,6 @@ def drive_params(sequence: HeadParams, motion: dict[str, torch.Tensor], source: 
     return out
 
 
-def _write_wav(path: Path, samples: np.ndarray) -> None:
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
-    with wavmod.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm.tobytes())
-
-
 def _speech(cfg: DriveConfig, subject: Subject) -> tuple[np.ndarray, np.ndarray | None]:
     """(samples at 16 kHz, source frames or None). Self-reenactment: the test split's audio and its frames."""
     if cfg.self_reenact:
@@ -143,8 +134,6 @@ def drive(cfg: DriveConfig) -> dict:
     timings["audio_model"] = time.perf_counter() - t0
     if len(motion) < n_frames:  # the encoder rounds the frame count; repeat the last frame
         motion = np.concatenate([motion, np.repeat(motion[-1:], n_frames - len(motion), 0)])
-    from ..flametalk.losses import motion_to_kwargs
-
     model = talk.head
     kw = motion_to_kwargs(torch.from_numpy(motion), model)
     kw.setdefault("jaw", torch.zeros(n_frames, 3))
@@ -171,7 +160,7 @@ def drive(cfg: DriveConfig) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.with_suffix("")
     wav_tmp = stem.with_name(f".{stem.name}.speech.wav")
-    _write_wav(wav_tmp, padded)
+    save_wav(wav_tmp, padded)
     render_seconds = [0.0]
 
     def frames():
