@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import add_dataclass_args, dataclass_from_args
+from ..eval import evaluate as eval_stage
 from ..avatar.sequence import RenderAvatarConfig
 from ..avatar.sequence import main as render_avatar_main
 from ..avatar.train import AvatarConfig
@@ -43,6 +44,8 @@ COMMANDS = (
             TalkConfig, train_talk_main, positional=("subjects",)),
     Command("drive", "drive a SUBJECT's avatar with any speech into an mp4 (FlameTalk expression + jaw, tracked pose)",
             drive.DriveConfig, drive.main, positional=("subject", "speech")),
+    Command("eval", "measure stability, lip sync, image quality and mesh motion of videos (metrics.json, plots, table)",
+            eval_stage.EvalConfig, eval_stage.main, positional=("videos",)),
 )
 
 

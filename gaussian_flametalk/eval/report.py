@@ -1,0 +1,210 @@
+"""The evaluation report: metrics.json, keypoint trajectories (npz), PNG plots, and a side-by-side table.
+
+Every file is written to a temporary name in its folder and renamed when complete. Plots use matplotlib's
+object-oriented API with the Agg canvas (no pyplot, no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..tracking.subject import write_json as _write_json_file
+from ..tracking.video import _temp_path
+from .stability import NOSE, StabilityTerms, power_spectrum
+
+__all__ = ["UNAVAILABLE", "format_table", "plot_spectra", "plot_trajectories", "save_npz", "summary_rows",
+           "write_json", "write_text"]
+
+#: key of a metric section that could not be computed; its value says why
+UNAVAILABLE = "unavailable"
+_NOSE_TIP = NOSE.index(30)
+
+
+def _jsonable(value: Any) -> Any:
+    """Non-finite floats -> None, numpy scalars/arrays -> Python, paths -> str (recursively)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """JSON (NaN/inf written as null), atomically."""
+    _write_json_file(Path(path), _jsonable(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """A text file, atomically."""
+    path = Path(path)
+    tmp = _temp_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """An uncompressed npz, atomically."""
+    path = Path(path)
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_figure(fig, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    tmp = _temp_path(path)
+    try:
+        fig.savefig(tmp, format="png", dpi=110)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _mean_spectrum(terms: StabilityTerms) -> tuple[np.ndarray, np.ndarray, int]:
+    """(freqs (F,), power share per frequency (F,), frames) of the longest used run: the detrended nose keypoint
+    spectra, each normalised to a total of 1, averaged over keypoints and axes."""
+    a, b = max(terms.runs(), key=lambda r: r[1] - r[0])
+    freqs, power = power_spectrum(terms.trajectories[a:b], terms.fps)
+    total = power.sum(0, keepdims=True)
+    share = np.divide(power, total, out=np.zeros_like(power), where=total > 0)
+    return freqs, share.mean(1), b - a
+
+
+def plot_spectra(path: str | os.PathLike, series: dict[str, StabilityTerms], title: str) -> None:
+    """Power spectra of the nose keypoint trajectories of each labelled clip, on a log scale, with the cutoff
+    frequency and each clip's H_f in the legend (clips with frames excluded: their longest run)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    cutoff = next(iter(series.values())).cutoff_hz
+    for label, terms in series.items():
+        freqs, share, n = _mean_spectrum(terms)
+        note = f", longest run {n} frames" if terms.n_excluded else ""
+        ax.semilogy(freqs[1:], np.maximum(share[1:], 1e-12), label=f"{label} (H_f {terms.high_freq_share:.4f}{note})")
+    ax.axvline(cutoff, color="k", ls="--", lw=1)
+    ax.axvspan(cutoff, ax.get_xlim()[1], color="0.9", zorder=0)
+    ax.set_xlabel("frequency (Hz)")
+    ax.set_ylabel("share of power")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, Path(path))
+
+
+def plot_trajectories(path: str | os.PathLike, series: dict[str, StabilityTerms], title: str) -> None:
+    """Nose-tip (iBUG 30) trajectory (x and y minus their mean, in inter-ocular distances) and the per-frame motion
+    m_t of each labelled clip over time; excluded frames are gaps."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 6))
+    ax_x, ax_y, ax_m = fig.subplots(3, 1, sharex=True)
+    for label, terms in series.items():
+        t = np.arange(terms.n_frames) / terms.fps
+        tip = terms.trajectories[:, _NOSE_TIP]
+        tip = tip - np.nanmean(tip, axis=0)
+        ax_x.plot(t, tip[:, 0], lw=1, label=label)
+        ax_y.plot(t, tip[:, 1], lw=1, label=label)
+        stats = f"M_d {terms.mean_motion:.4f}, V_m {terms.motion_std:.4f}"
+        ax_m.plot(t[:-1], terms.motion, lw=1, label=f"{label} ({stats})")
+    ax_x.set_ylabel("nose tip x")
+    ax_y.set_ylabel("nose tip y")
+    ax_m.set_ylabel("m_t")
+    ax_m.set_xlabel("time (s)")
+    ax_x.set_title(title)
+    ax_m.legend(fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, Path(path))
+
+
+def _get(entry: dict, dotted: str) -> Any:
+    value: Any = entry
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+#: (row label, dotted key into a video's metrics entry)
+_ROWS = (
+    ("frames", "frames"),
+    ("frames without face", "faces.frames_without_face"),
+    ("stability score (absolute)", "stability.score"),
+    ("stability score (vs reference)", "stability.score_vs_reference"),
+    ("M_d mean motion", "stability.terms.mean_motion"),
+    ("V_m motion std", "stability.terms.motion_std"),
+    ("H_f high-frequency share", "stability.terms.high_freq_share"),
+    ("sync offset (frames)", "lipsync.envelope.offset"),
+    ("sync peak", "lipsync.envelope.peak"),
+    ("sync peak - median", "lipsync.envelope.peak_minus_median"),
+    ("SyncNet offset", "lipsync.syncnet.offset"),
+    ("SyncNet min dist (LSE-D)", "lipsync.syncnet.min_dist"),
+    ("SyncNet confidence (LSE-C)", "lipsync.syncnet.confidence"),
+    ("LMD", "lipsync.lmd"),
+    ("PSNR (dB)", "image.psnr"),
+    ("SSIM", "image.ssim"),
+    ("LPIPS", "image.lpips"),
+    ("LVE (mm)", "motion.lve_mm"),
+    ("FDD (mm)", "motion.fdd_mm"),
+    ("FFE (mm^2)", "motion.ffe_mm2"),
+)
+
+
+def _fmt(value: Any) -> str:
+    if value is None or isinstance(value, (dict, list)):
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.4g}" if math.isfinite(value) else "n/a"
+    return str(value)
+
+
+def summary_rows(entries: Sequence[dict]) -> list[tuple[str, list[str]]]:
+    """One (label, [value per video]) row per metric any video has; missing or unavailable values read n/a."""
+    rows = []
+    for label, key in _ROWS:
+        values = [_get(e, key) for e in entries]
+        if any(v is not None and not isinstance(v, (dict, list)) for v in values):
+            rows.append((label, [_fmt(v) for v in values]))
+    return rows
+
+
+def format_table(names: Sequence[str], rows: Sequence[tuple[str, list[str]]], markdown: bool = False) -> str:
+    """The side-by-side table (metrics down, videos across) as aligned plain text or as a markdown table."""
+    header = ["metric", *names]
+    body = [[label, *values] for label, values in rows]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(names)) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body]) + "\n"
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    fmt = [lambda s, w=widths[0]: s.ljust(w)] + [lambda s, w=w: s.rjust(w) for w in widths[1:]]
+    lines = ["  ".join(f(s) for f, s in zip(fmt, r)) for r in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"
