@@ -6,6 +6,7 @@ size (``HeadModel.motion_dim``: expression coefficients, then the jaw axis-angle
     feats (B, 2T, A) --audio_proj--> memory (B, 2T, d)
     history (B, T, M) (row t = motion of frame t-1, row 0 the start token) --motion_in--> O_v (B, T, d)
     template (B, V, 3) --StyleEncoder--> S (B, d);  O_sv = S + O_v;  PPE(O_sv)
+    (with PTalker, ``spec.ptalker``: S is replaced by s = s_a + s_m + s_p, see :mod:`.ptalker`)
     TransformerDecoder(PPE(O_sv), memory, tgt_mask = biased causal mask, memory_mask = alignment mask) (B, T, d)
     --motion_out--> motion (B, T, M)   (motion is normalised by the training set's mean/std inside the model)
 
@@ -21,17 +22,19 @@ For a trained model, the autoregressive result Y satisfies ``Y == model(feats, s
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..headmodel import HeadModel
 from .audio import SAMPLE_RATE
 from .encoders import AudioEncoder, frames_for_samples
 
 __all__ = ["FlameTalk", "FlameTalkSpec", "StreamingPredictor", "StyleEncoder", "alibi_slopes", "alignment_mask",
-           "biased_causal_mask", "periodic_positional_encoding", "predict"]
+           "biased_causal_mask", "eval_mode", "periodic_positional_encoding", "predict"]
 
 
 def periodic_positional_encoding(n: int, dim: int, period: int) -> torch.Tensor:
@@ -87,7 +90,8 @@ class StyleEncoder(nn.Module):
 
 @dataclass
 class FlameTalkSpec:
-    """Architecture (saved in checkpoints)."""
+    """Architecture (saved in checkpoints). The PTalker fields (``ptalker`` and after) have defaults, so checkpoints
+    from before them load unchanged."""
 
     motion_dim: int
     audio_dim: int
@@ -98,17 +102,45 @@ class FlameTalkSpec:
     ff_mult: int = 2
     period: int = 25
     dropout: float = 0.1
+    ptalker: bool = False
+    n_subjects: int = 0
+    gat_points: int = 256
+    gat_layers: int = 2
+    style_frames: int = 50
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module):
+    """Run a block with ``modules`` in eval mode (no dropout), restoring each one's mode afterwards."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
 
 
 class FlameTalk(nn.Module):
-    """The FlameTalk decoder (see the module docstring)."""
+    """The FlameTalk decoder (see the module docstring). ``head`` (the head model: its mesh is the PTalker mesh
+    encoder's graph) is needed only with ``spec.ptalker``."""
 
-    def __init__(self, spec: FlameTalkSpec) -> None:
+    def __init__(self, spec: FlameTalkSpec, head: HeadModel | None = None) -> None:
         super().__init__()
         self.spec = spec
         d = spec.dim
         self.audio_proj = nn.Linear(spec.audio_dim, d)
-        self.style = StyleEncoder(spec.n_vertices, d)
+        if spec.ptalker:
+            from .ptalker import PTalkerStyle  # it imports this module
+
+            if head is None:
+                raise ValueError("a PTalker FlameTalk needs the head model (its mesh is the mesh encoder's graph)")
+            self.ptalker = PTalkerStyle(spec.motion_dim, spec.audio_dim, d, spec.heads, spec.dropout,
+                                        spec.n_subjects, head.faces, head.template, spec.gat_points, spec.gat_layers,
+                                        spec.style_frames)
+        else:
+            self.style = StyleEncoder(spec.n_vertices, d)
         self.motion_in = nn.Linear(spec.motion_dim, d)
         layer = nn.TransformerDecoderLayer(d, spec.heads, spec.ff_mult * d, spec.dropout, batch_first=True)
         self.decoder = nn.TransformerDecoder(layer, spec.layers)
@@ -123,11 +155,39 @@ class FlameTalk(nn.Module):
         self.motion_mean.copy_(motion.mean(0))
         self.motion_std.copy_(motion.std(0).clamp_min(1e-4))
 
+    def normalise(self, motion: torch.Tensor) -> torch.Tensor:
+        """(..., M) motion in units of the training motion's mean and std."""
+        return (motion - self.motion_mean) / self.motion_std
+
+    def base_style(self, template: torch.Tensor, subject: int | None = None, reference: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """The speaker's style before the audio, (B, d) for templates (B, V, 3): S of the template, or with PTalker
+        s_p + s_m: s_p of the template and training-subject index ``subject`` (None: an unseen subject), s_m of the
+        ``reference`` motion clip (T, M) of the speaker (required)."""
+        if not self.spec.ptalker:
+            if subject is not None or reference is not None:
+                raise ValueError("this FlameTalk was trained without --ptalker: it takes no subject index or style "
+                                 "reference")
+            return self.style(template)
+        if reference is None:
+            raise ValueError("a PTalker FlameTalk needs a reference motion clip (T, M) of the speaker for its style")
+        if reference.ndim != 2 or reference.shape[1] != self.spec.motion_dim or len(reference) == 0:
+            raise ValueError(f"reference motion must be (T, {self.spec.motion_dim}) with T >= 1, got "
+                             f"{tuple(reference.shape)}")
+        b = template.shape[0]
+        idx = torch.full((b,), -1 if subject is None else int(subject), dtype=torch.long, device=template.device)
+        s_m = self.ptalker.reference_style(self.normalise(reference.to(template)))
+        return self.ptalker.personal_style(template, idx) + s_m
+
+    def window_style(self, base: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The style that decodes features (B, 2T, A): ``base`` (B, d), plus the audio style s_a with PTalker."""
+        return base + self.ptalker.audio_style(feats) if self.spec.ptalker else base
+
     def forward(self, feats: torch.Tensor, style: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
         """One parallel pass.
 
         Args:
-            feats: (B, 2T, A) aligned audio features. style: (B, d) from :attr:`style` of the template.
+            feats: (B, 2T, A) aligned audio features. style: (B, d), :meth:`window_style` of :meth:`base_style`.
             history: (B, T, M) motion of frames t-1 (row 0 is replaced by the start token); None = the mean motion.
         Returns:
             (B, T, M) motion.
@@ -137,7 +197,7 @@ class FlameTalk(nn.Module):
         if history is None:
             hist = feats.new_zeros(b, t, self.spec.motion_dim)
         else:
-            hist = (history - self.motion_mean) / self.motion_std
+            hist = self.normalise(history)
             hist = torch.cat([hist.new_zeros(b, 1, hist.shape[2]), hist[:, 1:]], dim=1)
         x = self.motion_in(hist) + style[:, None]  # O_sv = S + O_v
         x = x + periodic_positional_encoding(t, self.spec.dim, self.spec.period).to(x)
@@ -170,12 +230,13 @@ class StreamingPredictor:
 
     Windows of ``window`` frames start every ``window - overlap`` frames; a window is decoded once its audio plus
     ``context`` frames beyond it has arrived (so the latency is about ``(window + context) / fps``); frames are
-    returned once no later window overlaps them. Audio is 16 kHz mono float32.
+    returned once no later window overlaps them. Audio is 16 kHz mono float32. ``subject`` and ``reference`` are the
+    PTalker style inputs of :meth:`FlameTalk.base_style` (the audio style is taken per window).
     """
 
     def __init__(self, model: FlameTalk, encoder: AudioEncoder, template: torch.Tensor, fps: float = 25.0,
-                 mode: str = "autoregressive", window: int = 100, overlap: int = 10, context: int | None = None
-                 ) -> None:
+                 mode: str = "autoregressive", window: int = 100, overlap: int = 10, context: int | None = None, *,
+                 subject: int | None = None, reference: torch.Tensor | None = None) -> None:
         if not 0 <= overlap < window:
             raise ValueError(f"overlap ({overlap}) must be in [0, window={window})")
         self.model, self.encoder, self.fps, self.mode = model, encoder, fps, mode
@@ -184,8 +245,8 @@ class StreamingPredictor:
         ctx_samples = encoder.context_samples if encoder.context_samples is not None else SAMPLE_RATE
         self.context = int(math.ceil(ctx_samples / spf)) if context is None else context
         self.spf = spf
-        with torch.no_grad():
-            self.style = model.style(template.reshape(1, -1, 3).to(self._param()))
+        with torch.no_grad(), eval_mode(model):
+            self.style = model.base_style(template.reshape(1, -1, 3).to(self._param()), subject, reference)
         self.audio = np.zeros(0, np.float32)  # samples from self.audio_start on
         self.audio_start = 0
         self.n_samples = 0
@@ -209,15 +270,9 @@ class StreamingPredictor:
         c = self.context
         a, b = int(round((start - c) * self.spf)), int(round((end + c) * self.spf))
         wave = torch.from_numpy(self._samples(a, b))[None].to(self._param())
-        was_training = self.model.training or self.encoder.training
-        self.model.eval()
-        self.encoder.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(self.model, self.encoder):
             feats = self.encoder(wave, end - start + 2 * c, self.fps)[:, 2 * c: 2 * (c + end - start)]
-            motion = self.model.generate(feats, self.style, self.mode)[0]
-        if was_training:
-            self.model.train()
-            self.encoder.train()
+            motion = self.model.generate(feats, self.model.window_style(self.style, feats), self.mode)[0]
         return motion.float().cpu().numpy()
 
     def _blend(self, start: int, motion: np.ndarray, first: bool, last: bool) -> None:
@@ -275,7 +330,10 @@ class StreamingPredictor:
 
 
 def predict(model: FlameTalk, encoder: AudioEncoder, wave: np.ndarray, template: torch.Tensor, fps: float = 25.0,
-            mode: str = "autoregressive", window: int = 100, overlap: int = 10) -> np.ndarray:
-    """Motion (T, M) for a whole clip (S,) 16 kHz, T = round(S fps / 16000): windowed, cross-faded."""
-    stream = StreamingPredictor(model, encoder, template, fps, mode, window, overlap)
+            mode: str = "autoregressive", window: int = 100, overlap: int = 10, *, subject: int | None = None,
+            reference: torch.Tensor | None = None) -> np.ndarray:
+    """Motion (T, M) for a whole clip (S,) 16 kHz, T = round(S fps / 16000): windowed, cross-faded. ``subject`` and
+    ``reference``: PTalker style inputs (:meth:`FlameTalk.base_style`)."""
+    stream = StreamingPredictor(model, encoder, template, fps, mode, window, overlap, subject=subject,
+                                reference=reference)
     return np.concatenate([stream.push(wave), stream.flush()])

@@ -10,6 +10,16 @@ inference mode sees), Adam. Loss in millimetres on the vertices of ``loss_region
 velocity MSE (+ ``w_trend`` StyleSpeaker trend loss over ``trend_orders`` orders when > 0), against the augmented
 ground truth (see :mod:`.losses`).
 
+PTalker (``--ptalker``, two or more SUBJECTs; see :mod:`.ptalker`): the style is s = s_a + s_m + s_p, with s_m from
+another random clip (``style_frames`` frames) of the same subject and s_p from the subject's template and one-hot
+identity (hidden with probability ``identity_dropout``, which trains the unseen-subject path). Added losses, weighted
+by the ``w_*`` options: adversarial (subject classifier on the motion content codes behind gradient reversal),
+cosine similarity of the motion styles of the two clips of a subject, orthogonality of motion style and content,
+InfoNCE between the audio and motion styles of a clip, top-k bidirectional contrastive and KL between them, and
+InfoNCE between the per-frame motion content codes and the projected audio features of the same frames (the content
+codes' own task). Two stages: before iteration ``stage_switch`` the parameter groups in ``stage1_frozen`` are frozen;
+from it on everything trains (a resumed run is in the stage its iteration says).
+
 Outputs in OUT (default: the first SUBJECT's ``talk/``), each written atomically, ``meta.json`` last:
 ``checkpoint.pt`` (every ``checkpoint_every`` iterations and at the end; a re-run resumes, and continues exactly as
 an uninterrupted run would), ``test/<subject>.npz`` (test frames: ``frames``, ``motion_pred``, ``motion_true``,
@@ -36,9 +46,16 @@ from .encoders import AudioEncoder, load_encoder
 from .losses import (lip_vertex_error, motion_from_params, motion_to_kwargs, motion_vertices, mouth_opening,
                      trend_loss, velocity_loss, vertex_loss)
 from .model import FlameTalk, FlameTalkSpec, predict
+from .ptalker import (adversarial_loss, infonce_loss, orthogonality_loss, style_kl_loss, style_similarity_loss,
+                      topk_contrastive_loss)
 
-__all__ = ["TalkConfig", "TalkData", "TalkModel", "evaluate", "fit_talk", "load_subject_data", "load_talk", "main",
-           "train_talk"]
+__all__ = ["STAGE_GROUPS", "TalkConfig", "TalkData", "TalkModel", "evaluate", "fit_talk", "load_reference_motion",
+           "load_subject_data", "load_talk", "main", "train_talk"]
+
+#: Parameter groups ``--stage1-frozen`` can name: the audio encoder, the decoder (everything of FlameTalk outside the
+#: PTalker encoders) and the PTalker submodules.
+STAGE_GROUPS = ("audio_encoder", "decoder", "mesh", "identity", "motion_style", "motion_content", "audio_style",
+                "classifier")
 
 
 @dataclass
@@ -70,6 +87,27 @@ class TalkConfig:
     device: str = field(default="cpu", metadata={"help": "torch device"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    ptalker: bool = field(default=False, metadata={"help": "PTalker style encoders and losses (2+ SUBJECTs): "
+                                                           "s = s_a + s_m + s_p instead of the template style"})
+    style_frames: int = field(default=50, metadata={"help": "PTalker: frames of a motion-style clip"})
+    identity_dropout: float = field(default=0.3, metadata={"help": "PTalker: probability of hiding a clip's one-hot "
+                                                                   "identity (trains the unseen-subject path)"})
+    gat_points: int = field(default=256, metadata={"help": "PTalker: mesh-encoder graph nodes (vertex clusters)"})
+    gat_layers: int = field(default=2, metadata={"help": "PTalker: graph attention layers"})
+    stage_switch: int = field(default=1000, metadata={"help": "PTalker: iteration where stage 2 (all trainable) "
+                                                              "starts"})
+    stage1_frozen: tuple[str, ...] = field(default=("audio_encoder",), metadata={
+        "help": f"PTalker: parameter groups frozen in stage 1 ({', '.join(STAGE_GROUPS)})"})
+    w_adversarial: float = field(default=0.1, metadata={"help": "PTalker: adversarial subject-classifier loss weight"})
+    grl_lambda: float = field(default=1.0, metadata={"help": "PTalker: gradient-reversal factor"})
+    w_style: float = field(default=0.1, metadata={"help": "PTalker: cosine style-similarity loss weight"})
+    w_orthogonal: float = field(default=0.1, metadata={"help": "PTalker: style/content orthogonality loss weight"})
+    w_mi: float = field(default=0.05, metadata={"help": "PTalker: audio/motion style InfoNCE loss weight"})
+    w_contrastive: float = field(default=0.05, metadata={"help": "PTalker: top-k bidirectional contrastive weight"})
+    w_kl: float = field(default=0.05, metadata={"help": "PTalker: audio/motion style KL divergence weight"})
+    w_content: float = field(default=0.05, metadata={"help": "PTalker: motion content / audio InfoNCE weight"})
+    topk: int = field(default=3, metadata={"help": "PTalker: hardest negatives in the contrastive loss"})
+    temperature: float = field(default=0.1, metadata={"help": "PTalker: temperature of InfoNCE, contrastive, KL"})
 
 
 @dataclass
@@ -134,7 +172,8 @@ def _loss_ids(model: HeadModel, regions: tuple[str, ...]) -> torch.Tensor:
 
 @dataclass
 class TalkModel:
-    """A trained FlameTalk with what inference needs (``load_talk``)."""
+    """A trained FlameTalk with what inference needs (``load_talk``). PTalker models also keep the speaker's
+    training-subject index (None: unseen) and the reference motion (T_ref, M) its motion style comes from."""
 
     model: FlameTalk
     encoder: AudioEncoder
@@ -144,10 +183,13 @@ class TalkModel:
     fps: float
     window: int
     overlap: int
+    subject_index: int | None = None
+    reference: torch.Tensor | None = None
 
     def predict(self, wave: np.ndarray, mode: str = "autoregressive") -> np.ndarray:
         """(S,) 16 kHz -> (T, M) motion."""
-        return predict(self.model, self.encoder, wave, self.template, self.fps, mode, self.window, self.overlap)
+        return predict(self.model, self.encoder, wave, self.template, self.fps, mode, self.window, self.overlap,
+                       subject=self.subject_index, reference=self.reference)
 
     def predict_file(self, path: str | os.PathLike, mode: str = "autoregressive") -> dict[str, np.ndarray]:
         """Any audio file -> ``expression`` (T, E) and ``jaw`` (T, 3) (zero without a jaw joint). A silent file gives
@@ -158,14 +200,18 @@ class TalkModel:
 
 
 def evaluate(model: FlameTalk, encoder: AudioEncoder, head: HeadModel, data: TalkData, cfg: TalkConfig,
-             ids: torch.Tensor, mode: str) -> tuple[dict[str, float], np.ndarray]:
+             ids: torch.Tensor, mode: str, subject: int | None = None) -> tuple[dict[str, float], np.ndarray]:
     """Predict the test frames from their audio and score them (mm) against the tracked motion and against the
-    training-mean baseline. Returns (figures, predicted motion (T_test, M))."""
+    training-mean baseline. A PTalker model takes its motion style from the subject's training frames and its
+    personal style from training-subject index ``subject`` (None: as an unseen subject).
+    Returns (figures, predicted motion (T_test, M))."""
     device = next(model.parameters()).device
     a, b = int(data.test_idx[0]), int(data.test_idx[-1]) + 1
     spf = SAMPLE_RATE / data.fps
     wave = data.wave[int(round(a * spf)): int(round(b * spf))].numpy()
-    pred = predict(model, encoder, wave, data.template.to(device), data.fps, mode, cfg.window, cfg.overlap)
+    reference = data.motion[data.train_idx] if model.spec.ptalker else None
+    pred = predict(model, encoder, wave, data.template.to(device), data.fps, mode, cfg.window, cfg.overlap,
+                   subject=subject, reference=reference)
     n = min(len(pred), b - a)
     pred_t = torch.from_numpy(pred[:n])
     true = data.motion[a: a + n]
@@ -186,28 +232,95 @@ def evaluate(model: FlameTalk, encoder: AudioEncoder, head: HeadModel, data: Tal
     return figures, pred[:n]
 
 
+def _check_ptalker(datas: list[TalkData], cfg: TalkConfig) -> None:
+    if len(datas) < 2:
+        raise ValueError(f"--ptalker learns speaking styles across subjects: give two or more SUBJECT folders "
+                         f"(got {len(datas)})")
+    unknown = [g for g in cfg.stage1_frozen if g not in STAGE_GROUPS]
+    if unknown:
+        raise ValueError(f"unknown --stage1-frozen groups {unknown} (choose from {', '.join(STAGE_GROUPS)})")
+    if cfg.style_frames < 2:
+        raise ValueError(f"--style-frames must be at least 2 (got {cfg.style_frames})")
+    if not 0 <= cfg.identity_dropout <= 1:
+        raise ValueError(f"--identity-dropout must be in [0, 1] (got {cfg.identity_dropout})")
+
+
+def _stage_groups(model: FlameTalk, encoder: AudioEncoder) -> dict[str, list[torch.nn.Parameter]]:
+    """The trainable parameters of each of :data:`STAGE_GROUPS` (the ones frozen for good, e.g. a wav2vec2 CNN,
+    stay out)."""
+    inner = {id(p) for p in model.ptalker.parameters()}
+    groups = {"audio_encoder": list(encoder.parameters()),
+              "decoder": [p for p in model.parameters() if id(p) not in inner],
+              **{name: list(module.parameters()) for name, module in model.ptalker.named_children()}}
+    return {name: [p for p in ps if p.requires_grad] for name, ps in groups.items()}
+
+
+def _ptalker_step(model: FlameTalk, feats: torch.Tensor, motion: torch.Tensor, reference: torch.Tensor,
+                  templates: torch.Tensor, labels: torch.Tensor, shown: torch.Tensor, cfg: TalkConfig
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PTalker style and losses of a batch.
+
+    Args: feats (B, 2T, A); motion (B, T, M) the target clips; reference (B, T_r, M) other clips of the same
+    subjects; templates (B, V, 3); labels (B,) subject indices; shown (B,) the same with hidden identities -1.
+    Returns: style s = s_a + s_m(reference) + s_p (B, d) and the unweighted loss terms (scalars).
+    """
+    pt = model.ptalker
+    target = model.normalise(motion)
+    s_m_ref = pt.motion_style(model.normalise(reference))
+    s_m = pt.motion_style(target)
+    s_a = pt.audio_style(feats)
+    content = pt.motion_content(target)  # (B, T, d)
+    logits = pt.classifier(content, cfg.grl_lambda)  # (B, T, C)
+    audio_frames = model.audio_proj(feats).unflatten(1, (-1, 2)).mean(dim=2)  # (B, T, d), the frame's two features
+    terms = {
+        "adversarial": adversarial_loss(logits.flatten(0, 1), labels.repeat_interleave(content.shape[1])),
+        "style": style_similarity_loss(s_m_ref, s_m),
+        "orthogonal": orthogonality_loss(s_m, content),
+        "mi": infonce_loss(s_a, s_m, cfg.temperature),
+        "contrastive": topk_contrastive_loss(s_a, s_m, cfg.topk, cfg.temperature),
+        "kl": style_kl_loss(s_a, s_m, cfg.temperature),
+        "content": infonce_loss(content.flatten(0, 1), audio_frames.flatten(0, 1), cfg.temperature),
+    }
+    return s_a + s_m_ref + pt.personal_style(templates, shown), terms
+
+
 def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: Path
              ) -> tuple[FlameTalk, AudioEncoder, dict]:
     """The training loop: initialise (or resume from ``out_dir/checkpoint.pt``), train to ``cfg.iterations`` and
-    checkpoint. Returns (model, encoder, info with history, iterations run, seconds, resumed_from)."""
+    checkpoint. With ``cfg.ptalker`` the subjects' order in ``datas`` is their one-hot identity.
+    Returns (model, encoder, info with history, iterations run, seconds, resumed_from)."""
     from tqdm.auto import tqdm
 
+    if cfg.ptalker:
+        _check_ptalker(datas, cfg)
     device = torch.device(cfg.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     encoder = load_encoder(cfg.audio_encoder, cfg.mel_dim).to(device)
+    extra = dict(ptalker=True, n_subjects=len(datas), gat_points=cfg.gat_points, gat_layers=cfg.gat_layers,
+                 style_frames=cfg.style_frames) if cfg.ptalker else {}
     spec = FlameTalkSpec(head.motion_dim, encoder.dim, head.n_vertices, cfg.dim, cfg.heads, cfg.layers, 2,
-                         cfg.period, cfg.dropout)
-    model = FlameTalk(spec).to(device)
+                         cfg.period, cfg.dropout, **extra)
+    model = FlameTalk(spec, head if cfg.ptalker else None).to(device)
     model.set_motion_stats(torch.cat([d.motion[d.train_idx] for d in datas]).to(device))
     params = [p for p in list(model.parameters()) + list(encoder.parameters()) if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    groups = _stage_groups(model, encoder) if cfg.ptalker else {}
+
+    def set_stage(it: int) -> int:
+        """Freeze the stage-1 groups before ``stage_switch``, unfreeze them from it on; returns the stage."""
+        stage = 1 if it < cfg.stage_switch else 2
+        for name in cfg.stage1_frozen:
+            for p in groups[name]:
+                p.requires_grad_(stage == 2)
+        return stage
+
     start, resumed_from, history, elapsed = 0, None, [], 0.0
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state["spec"] != asdict(spec) or state["audio_encoder"] != cfg.audio_encoder:
+        if FlameTalkSpec(**state["spec"]) != spec or state["audio_encoder"] != cfg.audio_encoder:
             raise ValueError(f"{ckpt_path}: made with another architecture or audio encoder ({state['spec']}, "
                              f"{state['audio_encoder']}); delete it or use another --out")
         model.load_state_dict(state["model"])
@@ -238,9 +351,11 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
                disable=not cfg.progress, dynamic_ncols=True)
     t0 = time.perf_counter()
     for it in range(start, cfg.iterations):
-        feats, motion, hist, shapes = [], [], [], []
+        stage = set_stage(it) if cfg.ptalker else None
+        feats, motion, hist, shapes, refs, labels = [], [], [], [], [], []
         for _ in range(cfg.batch_size):
-            d = datas[int(torch.randint(len(datas), (1,), generator=gen))]
+            si = int(torch.randint(len(datas), (1,), generator=gen))
+            d = datas[si]
             n_train = len(d.train_idx)
             length = min(cfg.seq_frames, n_train)
             s = int(torch.randint(n_train - length + 1, (1,), generator=gen))
@@ -252,11 +367,26 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
             hist.append(torch.where(drop, model.motion_mean.expand_as(h), h))
             motion.append(m)
             shapes.append(d)
+            if cfg.ptalker:  # the motion-style clip: another random clip of the same subject's training frames
+                r_len = min(cfg.style_frames, n_train)
+                r = int(torch.randint(n_train - r_len + 1, (1,), generator=gen))
+                refs.append(d.motion[r: r + r_len].to(device))
+                labels.append(si)
         lengths = {len(m) for m in motion}
         if len(lengths) > 1:  # subjects with fewer training frames than seq_frames: crop to the shortest
             k = min(lengths)
             feats, motion, hist = [f[: 2 * k] for f in feats], [m[:k] for m in motion], [h[:k] for h in hist]
-        style = model.style(torch.stack([d.template for d in shapes]).to(device))
+        templates = torch.stack([d.template for d in shapes]).to(device)
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.ptalker:
+            r_len = min(len(r) for r in refs)
+            truth = torch.tensor(labels, device=device)
+            hidden = (torch.rand(len(labels), generator=gen) < cfg.identity_dropout).to(device)
+            style, terms = _ptalker_step(model, torch.stack(feats), torch.stack(motion),
+                                         torch.stack([r[:r_len] for r in refs]), templates, truth,
+                                         torch.where(hidden, -1, truth), cfg)
+        else:
+            style = model.style(templates)
         pred = model(torch.stack(feats), style, torch.stack(hist))
         loss = pred.new_zeros(())
         for i, d in enumerate(shapes):
@@ -266,16 +396,25 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
             if cfg.w_trend > 0:
                 li = li + cfg.w_trend * trend_loss(vp, vt, cfg.trend_orders)
             loss = loss + li / len(shapes)
+        row: dict = {}
+        if cfg.ptalker:
+            weights = {"adversarial": cfg.w_adversarial, "style": cfg.w_style, "orthogonal": cfg.w_orthogonal,
+                       "mi": cfg.w_mi, "contrastive": cfg.w_contrastive, "kl": cfg.w_kl, "content": cfg.w_content}
+            row = {"stage": stage, "reconstruction": float(loss.item()),
+                   **{name: float(v.item()) for name, v in terms.items()}}
+            loss = loss + sum(weights[name] * v for name, v in terms.items())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         done = it + 1
-        history.append({"iteration": done, "loss": float(loss.item())})
+        history.append({"iteration": done, "loss": float(loss.item()), **row})
         bar.set_postfix(loss=f"{loss.item():.4f}")
         bar.update(1)
         if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
             checkpoint(done, elapsed + time.perf_counter() - t0)
     bar.close()
+    if cfg.ptalker:
+        set_stage(cfg.stage_switch)  # leave every group trainable
     run = max(cfg.iterations - start, 0)
     elapsed += time.perf_counter() - t0
     if not ckpt_path.is_file():
@@ -316,7 +455,7 @@ def train_talk(cfg: TalkConfig) -> dict:
     for k, (subject, d) in enumerate(zip(subjects, datas)):
         name = d.name if [x.name for x in datas].count(d.name) == 1 else f"{k}_{d.name}"
         t0 = time.perf_counter()
-        figures, pred = evaluate(model, encoder, head, d, cfg, ids, cfg.infer_mode)
+        figures, pred = evaluate(model, encoder, head, d, cfg, ids, cfg.infer_mode, k if cfg.ptalker else None)
         figures["predict_seconds"] = time.perf_counter() - t0
         kw = motion_to_kwargs(torch.from_numpy(pred), head)
         frames = d.test_idx[: len(pred)]
@@ -346,9 +485,50 @@ def train_talk(cfg: TalkConfig) -> dict:
     return meta
 
 
-def load_talk(folder: str | os.PathLike, subject: str | os.PathLike | None = None, device: str = "cpu") -> TalkModel:
+def load_reference_motion(path: str | os.PathLike, head: HeadModel) -> torch.Tensor:
+    """A speaker's motion (T, M) for a PTalker style: a SUBJECT folder (its tracked parameters) or an ``.npz`` with
+    ``expression`` (T, E) and, for head models with a jaw joint, ``jaw`` (T, 3) (a ``params.npz``, or the
+    ``test/*.npz`` and ``gft drive`` outputs)."""
+    path = Path(path)
+    if path.is_dir():
+        subject = Subject.open(path)
+        hm = subject.meta["head_model"]
+        if hm["n_expression"] != head.n_expression:
+            raise ValueError(f"{path}: tracked with {hm['spec']} ({hm['n_expression']} expressions), but the model "
+                             f"drives {head.n_expression}")
+        return motion_from_params(subject.params(), head)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such style reference (a SUBJECT folder or a motion .npz)")
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in ("expression", "jaw") if k in z.files}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable .npz motion file ({e})") from e
+    need = ["expression"] + (["jaw"] if "jaw" in head.pose_parts else [])
+    missing = [k for k in need if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: style reference lacks {missing} (needs {need} per frame)")
+    expr = arrays["expression"]
+    if expr.ndim != 2 or expr.shape[1] != head.n_expression or len(expr) == 0:
+        raise ValueError(f"{path}: expression must be (T, {head.n_expression}) with T >= 1, got {expr.shape}")
+    parts = [expr] + ([arrays["jaw"]] if "jaw" in need else [])
+    if "jaw" in need and arrays["jaw"].shape != (len(expr), 3):
+        raise ValueError(f"{path}: jaw must be ({len(expr)}, 3), got {arrays['jaw'].shape}")
+    motion = torch.from_numpy(np.concatenate(parts, axis=1).astype(np.float32))
+    if not torch.isfinite(motion).all():
+        raise ValueError(f"{path}: style reference contains NaN or infinite values")
+    return motion
+
+
+def load_talk(folder: str | os.PathLike, subject: str | os.PathLike | None = None, device: str = "cpu",
+              style_reference: str | os.PathLike | None = None) -> TalkModel:
     """A trained FlameTalk from a ``talk/`` folder, driving the identity of ``subject`` (default: the first SUBJECT
-    it was trained on)."""
+    it was trained on).
+
+    A PTalker model also needs the speaker's motion style: from ``style_reference`` (a SUBJECT folder or a motion
+    ``.npz``, see :func:`load_reference_motion`) if given, else from ``subject``'s own training frames. A ``subject``
+    the model was not trained on is an unseen subject (no personal one-hot style): its style comes from the reference,
+    without fine-tuning."""
     folder = Path(folder)
     meta_path, ckpt_path = folder / "meta.json", folder / "checkpoint.pt"
     if not meta_path.is_file() or not ckpt_path.is_file():
@@ -361,7 +541,11 @@ def load_talk(folder: str | os.PathLike, subject: str | os.PathLike | None = Non
     head = subj.head_model()
     encoder = load_encoder(state["audio_encoder"], state["config"]["mel_dim"]).to(device)
     encoder.load_state_dict(state["encoder"])
-    model = FlameTalk(FlameTalkSpec(**state["spec"])).to(device)
+    spec = FlameTalkSpec(**state["spec"])
+    if spec.motion_dim != head.motion_dim:
+        raise ValueError(f"{subj.root}: its head model has motion size {head.motion_dim}, the model in {folder} "
+                         f"{spec.motion_dim}: drive a subject tracked with the training head model")
+    model = FlameTalk(spec, head if spec.ptalker else None).to(device)
     model.load_state_dict(state["model"])
     model.eval()
     encoder.eval()
@@ -370,9 +554,17 @@ def load_talk(folder: str | os.PathLike, subject: str | os.PathLike | None = Non
     shape = params.shape.mean(0)
     with torch.no_grad():
         template = motion_vertices(head, motion[None], shape).mean(dim=(0, 1))
+    index, reference = None, None
+    if spec.ptalker:
+        trained = [Path(s).resolve() for s in meta["subjects"]]
+        index = trained.index(subj.root.resolve()) if subj.root.resolve() in trained else None
+        reference = (load_reference_motion(style_reference, head) if style_reference is not None
+                     else motion[subj.split()[0]]).to(device)
+    elif style_reference is not None:
+        raise ValueError(f"{folder}: trained without --ptalker: a style reference needs a PTalker model")
     cfg = meta["config"]
     return TalkModel(model, encoder, head, template.to(device), shape, float(meta["fps"]), cfg["window"],
-                     cfg["overlap"])
+                     cfg["overlap"], index, reference)
 
 
 def main(cfg: TalkConfig) -> int:
