@@ -50,6 +50,8 @@ class DriveConfig:
     self_reenact: bool = field(default=False, metadata={
         "help": "drive with the subject's own test-split audio and poses; also writes out.reference.mp4 (real frames)"})
     talk: Path | None = field(default=None, metadata={"help": "FlameTalk folder (default SUBJECT/talk)"})
+    style_reference: Path | None = field(default=None, metadata={
+        "help": "speaking style from this SUBJECT folder or motion npz (a FlameTalk trained with --ptalker)"})
     avatar: Path | None = field(default=None, metadata={"help": "avatar folder (default SUBJECT/avatar)"})
     mode: str = field(default="autoregressive", metadata={"help": "FlameTalk inference: autoregressive or parallel"})
     resolution: int | None = field(default=None, metadata={"help": "output size (default: the avatar's training "
@@ -127,7 +129,7 @@ def drive(cfg: DriveConfig) -> dict:
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    talk = load_talk(talk_dir, subject.root, cfg.device)
+    talk = load_talk(talk_dir, subject.root, cfg.device, style_reference=cfg.style_reference)
     timings["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     motion = talk.predict(padded, cfg.mode)[:n_frames]
