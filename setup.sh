@@ -12,4 +12,26 @@ fi
 export PIP_CONSTRAINT="$PWD/constraints.txt"
 echo "setup: installing gaussian-flametalk[test] (torch pinned by constraints.txt)"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+# espeak-ng speaks the built-in demo subject (gft demo). Installed with apt-get where apt is there and we are root or
+# have passwordless sudo; anything else only prints how to get it: the setup never fails over it.
+if command -v espeak-ng >/dev/null 2>&1; then
+    echo "setup: espeak-ng found (speech for gft demo)"
+elif command -v apt-get >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        SUDO=""
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then
+        SUDO="sudo -n"
+    else
+        SUDO="no"
+    fi
+    if [ "$SUDO" != "no" ] && { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null 2>&1 \
+        || { $SUDO apt-get update -qq >/dev/null 2>&1 \
+             && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null 2>&1; }; }; then
+        echo "setup: installed espeak-ng with apt-get (speech for gft demo)"
+    else
+        echo "setup: could not install espeak-ng (gft demo needs it; the rest works without): sudo apt-get install espeak-ng"
+    fi
+else
+    echo "setup: espeak-ng not found (gft demo needs it; the rest works without): install it with your package manager"
+fi
 echo "setup: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
