@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from tqdm.auto import tqdm
 
 from ..avatar.train import params_to
 from ..config import config_to_dict, package_versions
-from ..flametalk.audio import SAMPLE_RATE, load_audio
+from ..flametalk.audio import SAMPLE_RATE, load_audio, save_wav
 from ..geometry.camera import Camera
 from ..headmodel import HeadParams, make_synthetic_head
 from ..headmodel.synthetic import EXPRESSION_NAMES
@@ -167,18 +166,6 @@ def fit_to_frames(wave_: np.ndarray, fps: float) -> tuple[np.ndarray, int]:
     n_frames = int(math.ceil(len(wave_) / SAMPLE_RATE * fps))
     n = int(round(n_frames * SAMPLE_RATE / fps))
     return np.pad(wave_, (0, max(n - len(wave_), 0)))[:n], n_frames
-
-
-def write_wav(path: Path, wave_: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """16-bit mono PCM wav, written to a temporary name and renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    pcm = np.clip(np.round(wave_ * 32767.0), -32768, 32767).astype("<i2")
-    with wave.open(str(tmp), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm.tobytes())
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------- motion
@@ -336,8 +323,8 @@ def make_demo_subject(cfg: DemoSubjectConfig) -> dict:
     speech, used = speak_sentences(TRAIN_SENTENCES, cfg.target_seconds, cfg.voice, cfg.words_per_minute)
     speech, n_frames = fit_to_frames(speech, cfg.fps)
     drive, _ = speak_sentences([DRIVE_SENTENCE], None, cfg.voice, cfg.words_per_minute)
-    write_wav(work / "speech.wav", speech)
-    write_wav(work / "drive_speech.wav", drive)
+    save_wav(work / "speech.wav", speech)
+    save_wav(work / "drive_speech.wav", drive)
     timings["speech_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

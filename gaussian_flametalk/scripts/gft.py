@@ -19,7 +19,7 @@ from ..avatar.train import main as train_avatar_main
 from ..flametalk.train import TalkConfig
 from ..flametalk.train import main as train_talk_main
 from ..tracking import track
-from . import doctor, drive
+from . import demo, doctor, drive
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class Command:
 
 
 COMMANDS = (
+    Command("demo", "run the whole pipeline on the built-in synthetic subject (offline; --quick: about 3 minutes)",
+            demo.DemoConfig, demo.main),
     Command("doctor", "report what works on this machine (torch, CUDA, gsplat, landmarks, head models, ffmpeg)",
             doctor.DoctorConfig, doctor.main),
     Command("track", "track a talking-head video into a SUBJECT folder (frames, masks, landmarks, head parameters)",

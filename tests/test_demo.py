@@ -1,0 +1,76 @@
+"""`gft demo --quick`: every stage finishes on the built-in subject, its outputs are valid media, its figures beat
+trivial baselines; a second run reuses the stages, and an interrupted run finishes when run again."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gaussian_flametalk.flametalk.audio import SAMPLE_RATE, load_audio
+from gaussian_flametalk.scripts.demo_subject import espeak_exe
+from gaussian_flametalk.scripts.gft import main as gft_main
+from gaussian_flametalk.tracking.video import iter_frames, probe_video
+
+
+def _espeak_available() -> bool:
+    try:
+        espeak_exe()
+    except Exception:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(not _espeak_available(), reason="espeak-ng is not installed (apt-get install "
+                                                                "espeak-ng); the demo subject speaks with it")
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "quick"
+    assert gft_main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_quick_demo_finishes_with_valid_outputs_and_beats_baselines(quick_demo):
+    s = json.loads((quick_demo / "summary.json").read_text())
+    assert set(s["seconds"]) >= {"demo subject", "track", "train-avatar", "train-talk", "drive", "eval"}
+    assert not any(s["reused"].values())
+    print("\n" + (quick_demo / "summary.md").read_text())
+    # outputs exist and are valid media
+    driven = quick_demo / "driven.mp4"
+    info = probe_video(driven)
+    assert info.has_audio and info.video_codec == "h264"
+    n = len(list(iter_frames(driven, fps=None)))
+    speech = load_audio(quick_demo / "demo_subject" / "drive_speech.wav").size / SAMPLE_RATE
+    assert n == math.ceil(speech * 25 - 1e-9) == s["driven"]["frames"]
+    for key in ("demo_video", "tracking_overlay", "avatar_test_grid"):
+        assert Path(s["outputs"][key]).is_file(), key
+    # better than trivial baselines
+    t = s["tracking"]
+    assert t["error_px"] < 0.5 * t["template_error_px"]
+    assert s["flametalk"]["lve_mm"] < s["flametalk"]["baseline_lve_mm"]
+    assert abs(s["driven"]["lipsync_offset_frames"]) <= 2
+    assert s["driven"]["lipsync_peak_minus_median"] > 0.1
+    assert s["avatar"]["test_psnr_db"] > 20.0
+
+
+def test_rerun_reuses_and_interrupted_run_finishes(quick_demo):
+    assert gft_main(["demo", "--quick", "--out", str(quick_demo), "--no-progress"]) == 0
+    s = json.loads((quick_demo / "summary.json").read_text())
+    assert all(s["reused"].values()), s["reused"]
+    # a run killed during train-talk leaves its checkpoint but no meta.json, and no drive or eval output
+    (quick_demo / "subject" / "talk" / "meta.json").unlink()
+    shutil.rmtree(quick_demo / "eval")
+    for name in ("driven.mp4", "driven.meta.json"):
+        (quick_demo / name).unlink()
+    assert gft_main(["demo", "--quick", "--out", str(quick_demo), "--no-progress"]) == 0
+    s = json.loads((quick_demo / "summary.json").read_text())
+    assert s["reused"]["track"] and s["reused"]["train-avatar"]
+    assert not s["reused"]["train-talk"] and not s["reused"]["drive"] and not s["reused"]["eval"]
+    talk = json.loads((quick_demo / "subject" / "talk" / "meta.json").read_text())
+    assert talk["resumed_from"] == talk["iterations"] and talk["iterations_run"] == 0  # resumed, not retrained
+    assert (quick_demo / "driven.mp4").is_file() and (quick_demo / "eval" / "metrics.json").is_file()
