@@ -6,7 +6,9 @@ rendered mesh) is masked out of the loss — it comes from the source frames whe
 
 Loss: L1 + ``lambda_ssim`` (1 - SSIM) over the unmasked pixels, plus GaussianAvatars' regularisers on the local
 parameters: ``lambda_position * mean(relu(|xyz| - threshold_position))`` and
-``lambda_scale * mean(relu(exp(log_scale) - threshold_scale))`` (both in triangle-scale units).
+``lambda_scale * mean(relu(exp(log_scale) - threshold_scale))`` (both in triangle-scale units), plus
+``lambda_alpha`` times the L1 between the rendered alpha and the person mask over the same pixels: a dark Gaussian
+floating outside the person costs nothing against the black target, but would show over the background plate.
 
 Optimised: the Gaussians (Adam, the 3DGS learning rates; the position rate is ``position_lr * extent`` metres per
 step, converted to triangle units by the mean triangle scale, and decays exponentially to ``position_lr_final``
@@ -91,6 +93,9 @@ class AvatarConfig:
     pose_lr: float = field(default=1e-5, metadata={"help": "per-frame rotation/neck/jaw/eyes learning rate"})
     translation_lr: float = field(default=1e-6, metadata={"help": "per-frame translation learning rate"})
     lambda_ssim: float = field(default=0.2, metadata={"help": "weight of 1 - SSIM"})
+    lambda_alpha: float = field(default=0.1, metadata={
+        "help": "weight of the L1 between the rendered alpha and the person mask (keeps dark Gaussians, invisible over "
+                "the black training background, off the composited background)"})
     lambda_position: float = field(default=0.01, metadata={"help": "local position regulariser weight"})
     threshold_position: float = field(default=1.0, metadata={"help": "local |xyz| allowed without penalty"})
     lambda_scale: float = field(default=1.0, metadata={"help": "local scale regulariser weight"})
@@ -120,6 +125,8 @@ class TrainData:
         params: tracked HeadParams of the T frames.
         camera: the camera at (W, H).
         train_idx, test_idx: frame indices (the test frames are never trained on).
+        masks: (T, H, W, 1) uint8 person masks (255 = person), the silhouette the rendered alpha should match where
+            the weight is on; None = no silhouette loss.
     """
 
     targets: torch.Tensor
@@ -128,11 +135,16 @@ class TrainData:
     camera: Camera
     train_idx: np.ndarray
     test_idx: np.ndarray
+    masks: torch.Tensor | None = None
 
     def batch(self, idx: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W, 3) float targets and (B, H, W, 1) float weights of frames ``idx``."""
         t = self.targets[idx].to(device).float() / 255.0
         return t, self.weights[idx].to(device).float()
+
+    def silhouette(self, idx: torch.Tensor, device: torch.device | str) -> torch.Tensor | None:
+        """(B, H, W, 1) float person masks in [0, 1] of frames ``idx`` (None without masks)."""
+        return None if self.masks is None else self.masks[idx].to(device).float() / 255.0
 
 
 class FrameParams(nn.Module):
@@ -208,15 +220,17 @@ def load_training_data(subject: Subject, model: HeadModel, triangles: torch.Tens
     used = torch.unique(model.faces[triangles])
     cuts = torso_cut_rows(posed_vertices(model, params)[:, used], camera).numpy()
     black = np.zeros(3, dtype=np.float32)
-    targets, weights = [], []
+    targets, weights, masks = [], [], []
     for i in range(subject.n_frames):
         frame = cv2.resize(subject.frame(i), (size, size), interpolation=cv2.INTER_AREA)
         mask = cv2.resize(subject.mask(i), (size, size), interpolation=cv2.INTER_AREA)
         t, w = training_target(frame, mask, float(cuts[i]), black)
         targets.append(torch.from_numpy((t * 255.0).round().astype(np.uint8)))
         weights.append(torch.from_numpy(w > 0.5)[..., None])
+        masks.append(torch.from_numpy((mask * 255.0).round().astype(np.uint8))[..., None])
     train_idx, test_idx = subject.split()
-    return TrainData(torch.stack(targets), torch.stack(weights), params, camera, train_idx, test_idx)
+    return TrainData(torch.stack(targets), torch.stack(weights), params, camera, train_idx, test_idx,
+                     torch.stack(masks))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -395,9 +409,12 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
         sel = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), generator=gen)]
         target, weight = data.batch(sel, device)
         deg = sh_degree_at(it)
-        image, _, info = render_frames(gaussians, model, frames.gather(sel), camera, deg)
+        image, alpha, info = render_frames(gaussians, model, frames.gather(sel), camera, deg)
         photo = (1 - cfg.lambda_ssim) * l1(image, target, weight) + cfg.lambda_ssim * (1 - ssim(image, target, weight))
         loss = photo + regularisers(gaussians, cfg)
+        silhouette = data.silhouette(sel, device)
+        if silhouette is not None and cfg.lambda_alpha > 0:
+            loss = loss + cfg.lambda_alpha * l1(alpha, silhouette, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if it < cfg.densify_until and info.means2d.grad is not None:
