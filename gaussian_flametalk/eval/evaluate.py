@@ -40,7 +40,7 @@ from ..config import config_to_dict, package_versions
 from ..flametalk.audio import AudioError, load_audio
 from ..tracking.landmarks import ClipLandmarks, detect_clip, make_detector
 from ..tracking.subject import Subject
-from ..tracking.video import VideoInfo, iter_frames, probe_video
+from ..tracking.video import VideoInfo, iter_frames, probe_video, save_npz
 from .image import ImageQuality, WeightsUnavailableError, load_lpips
 from .motion import load_motion, motion_frames, motion_metrics
 from .report import (
@@ -48,7 +48,6 @@ from .report import (
     format_table,
     plot_spectra,
     plot_trajectories,
-    save_npz,
     summary_rows,
     write_json,
     write_text,

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from ..tracking.subject import write_json as _write_json_file
-from ..tracking.video import _temp_path
+from ..tracking.video import temp_path
 from .stability import NOSE, StabilityTerms, power_spectrum
 
-__all__ = ["UNAVAILABLE", "format_table", "plot_spectra", "plot_trajectories", "save_npz", "summary_rows",
+__all__ = ["UNAVAILABLE", "format_table", "plot_spectra", "plot_trajectories", "summary_rows",
            "write_json", "write_text"]
 
 #: key of a metric section that could not be computed; its value says why
@@ -51,21 +51,9 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     """A text file, atomically."""
     path = Path(path)
-    tmp = _temp_path(path)
+    tmp = temp_path(path)
     try:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """An uncompressed npz, atomically."""
-    path = Path(path)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -75,7 +63,7 @@ def _save_figure(fig, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
-    tmp = _temp_path(path)
+    tmp = temp_path(path)
     try:
         fig.savefig(tmp, format="png", dpi=110)
         os.replace(tmp, path)

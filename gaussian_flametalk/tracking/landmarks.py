@@ -390,22 +390,17 @@ class ClipLandmarks:
     def save(self, path: str | os.PathLike) -> None:
         """Write one .npz (temporary name, then rename)."""
         import json
-        import uuid
+
+        from .video import save_npz
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.npz")
         arrays = dict(points68=self.points68, confidence=self.confidence, found=self.found, n_faces=self.n_faces,
                       image_size=np.asarray(self.image_size, np.int64), detector=np.asarray(self.detector),
                       seconds=np.asarray(self.seconds), meta=np.asarray(json.dumps(self.meta)))
         if self.dense is not None:
             arrays["dense"] = self.dense
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        save_npz(path, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClipLandmarks:

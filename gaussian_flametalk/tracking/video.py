@@ -324,9 +324,21 @@ def _read_exact(stream, n: int) -> bytearray:
 
 # ----------------------------------------------------------------------------------------------- writing
 
-def _temp_path(final: Path, suffix: str | None = None) -> Path:
+def temp_path(final: Path, suffix: str | None = None) -> Path:
     """A unique temporary name beside ``final`` (same folder, so the rename is atomic)."""
     return final.with_name(f".{final.stem}.tmp-{uuid.uuid4().hex[:8]}{suffix or final.suffix}")
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """An uncompressed npz written to a temporary name beside ``path`` and renamed."""
+    path = Path(path)
+    tmp = temp_path(path, ".npz")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def extract_audio(path: str | os.PathLike, out_wav: str | os.PathLike, sample_rate: int = 16000) -> bool:
@@ -340,7 +352,7 @@ def extract_audio(path: str | os.PathLike, out_wav: str | os.PathLike, sample_ra
     if not info.has_audio:
         return False
     out_wav.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(out_wav, ".wav")
+    tmp = temp_path(out_wav, ".wav")
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y", "-i", str(path),
            "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(int(sample_rate)), "-c:a", "pcm_s16le", "-f", "wav",
            str(tmp)]
@@ -372,7 +384,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarr
         raise ValueError(f"{path}: frames must be uint8 (H, W, 3), got {first.dtype} {first.shape}")
     h, w = first.shape[:2]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path, ".mp4")
+    tmp = temp_path(path, ".mp4")
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-framerate", f"{fps:.6g}", "-i", "pipe:0"]
     if audio_wav is not None:
