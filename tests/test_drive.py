@@ -13,14 +13,14 @@ import torch
 
 from gaussian_flametalk.avatar.sequence import load_params, pingpong
 from gaussian_flametalk.avatar.train import AvatarConfig, train_avatar
-from gaussian_flametalk.flametalk.audio import SAMPLE_RATE, load_audio
+from gaussian_flametalk.flametalk.audio import SAMPLE_RATE, load_audio, save_wav
 from gaussian_flametalk.flametalk.train import TalkConfig, train_talk
 from gaussian_flametalk.scripts.drive import DriveConfig, blink_components, drive
 from gaussian_flametalk.scripts.gft import main as gft_main
 from gaussian_flametalk.tracking.subject import train_test_split
 from gaussian_flametalk.tracking.video import ffmpeg_exe, iter_frames, probe_video
 from test_avatar import make_subject
-from test_flametalk import speech_like, write_wav
+from test_flametalk import speech_like
 
 N_FRAMES = 24
 
@@ -30,7 +30,7 @@ def trained_subject(tmp_path_factory) -> Path:
     """The avatar tests' synthetic SUBJECT (96 px, 24 frames) with speech, a briefly trained avatar and FlameTalk."""
     root = make_subject(tmp_path_factory.mktemp("drive") / "S", n=N_FRAMES, size=96)
     samples, _ = speech_like(N_FRAMES / 25.0, seed=3)
-    write_wav(root / "audio.wav", samples)
+    save_wav(root / "audio.wav", samples)
     train_avatar(AvatarConfig(subject=root, iterations=20, resolution=96, progress=False, regions=(), sh_every=10**6,
                               densify_from=100, densify_every=100, opacity_reset_every=0, grid_frames=1))
     train_talk(TalkConfig(subjects=(root,), iterations=5, seq_frames=8, batch_size=1, dim=16, heads=2, mel_dim=16,
@@ -42,7 +42,7 @@ def _stereo_mp3(path: Path, seconds: float) -> Path:
     """Speech-like audio as a 44.1 kHz stereo mp3 (through the bundled ffmpeg)."""
     samples, _ = speech_like(seconds, seed=7)
     wav = path.with_suffix(".wav")
-    write_wav(wav, samples)
+    save_wav(wav, samples)
     subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(wav), "-ac", "2", "-ar", "44100",
                     str(path)], check=True)
     return path
@@ -93,7 +93,7 @@ def test_self_reenactment_writes_aligned_reference(trained_subject, tmp_path):
 
 def test_silent_speech_and_bad_input_are_handled(trained_subject, tmp_path):
     silent = tmp_path / "silent.wav"
-    write_wav(silent, np.zeros(SAMPLE_RATE // 2, np.float32))
+    save_wav(silent, np.zeros(SAMPLE_RATE // 2, np.float32))
     meta = drive(DriveConfig(subject=trained_subject, speech=silent, out=tmp_path / "silent.mp4", progress=False))
     assert meta["frames"] == 13
     bad = tmp_path / "bad.mp3"

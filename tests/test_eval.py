@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_flametalk import make_subject, speech_like, write_wav
+from gaussian_flametalk.flametalk.audio import save_wav
+from test_flametalk import make_subject, speech_like
 from test_stability import astronaut_clip
 
 from gaussian_flametalk.eval.evaluate import EvalConfig, ReferenceMismatchError, evaluate
@@ -26,8 +27,8 @@ def clips(tmp_path_factory) -> Path:
     grey frames without a face), real24.mp4 (real's frames at 24 fps), short.mp4 (its first half), silent.wav."""
     d = tmp_path_factory.mktemp("eval")
     speech, _ = speech_like(N / 25, seed=0)
-    write_wav(d / "speech.wav", speech)
-    write_wav(d / "silent.wav", np.zeros_like(speech))
+    save_wav(d / "speech.wav", speech)
+    save_wav(d / "silent.wav", np.zeros_like(speech))
     real = astronaut_clip(N)
     fake = astronaut_clip(N, jitter=1.5, seed=3)
     fake[NO_FACE] = 128

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import wave as wavmod
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from gaussian_flametalk.flametalk.audio import SAMPLE_RATE, AudioError
+from gaussian_flametalk.flametalk.audio import SAMPLE_RATE, AudioError, save_wav
 from gaussian_flametalk.flametalk.encoders import EncoderNotFoundError, load_encoder
 from gaussian_flametalk.flametalk.model import (FlameTalk, FlameTalkSpec, StreamingPredictor, alibi_slopes,
                                                 alignment_mask, biased_causal_mask, periodic_positional_encoding,
@@ -19,15 +18,6 @@ from gaussian_flametalk.flametalk.train import TalkConfig, load_talk, train_talk
 from gaussian_flametalk.headmodel import HeadParams, make_synthetic_head
 
 FPS = 25
-
-
-def write_wav(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:
-    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
-    with wavmod.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
 
 
 def speech_like(seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +56,7 @@ def make_subject(root: Path, seconds: float = 24.0, seed: int = 0, amplitude: fl
     p.expression[:, 0] = torch.from_numpy(0.8 * env).float()
     np.savez(root / "params.npz", **p.to_numpy())
     if audio:
-        write_wav(root / "audio.wav", samples)
+        save_wav(root / "audio.wav", samples)
     (root / "meta.json").write_text(json.dumps({
         "stage": "track", "n_frames": t, "fps": FPS,
         "head_model": {"spec": "synthetic", "kind": "flame", "n_shape": head.n_shape, "n_expression": head.n_expression},
@@ -225,7 +215,7 @@ def test_windowed_joins_are_seamless_and_silence_closes_the_mouth(trained):
     joins = [j for j in joins if 0 <= j < len(step)]
     assert step[joins].max() <= 1.5 * np.percentile(step, 95)
     silent = root / "silent.wav"
-    write_wav(silent, np.zeros(3 * SAMPLE_RATE, np.float32))
+    save_wav(silent, np.zeros(3 * SAMPLE_RATE, np.float32))
     closed = talk.predict_file(silent)
     jaw_speech = motion[:, -3]
     assert closed["jaw"].shape == (75, 3)
@@ -234,7 +224,7 @@ def test_windowed_joins_are_seamless_and_silence_closes_the_mouth(trained):
 
 def test_resume_continues_exactly(tmp_path):
     subject = make_subject(tmp_path / "S", seconds=6.0)
-    straight = train_talk(_config(subject, tmp_path / "a", 6, batch_size=2))
+    train_talk(_config(subject, tmp_path / "a", 6, batch_size=2))
     train_talk(_config(subject, tmp_path / "b", 3, batch_size=2))
     resumed = train_talk(_config(subject, tmp_path / "b", 6, batch_size=2))
     assert resumed["resumed_from"] == 3 and resumed["iterations_run"] == 3

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gaussian_flametalk.flametalk.audio import SAMPLE_RATE, AudioError
+from gaussian_flametalk.flametalk.audio import SAMPLE_RATE, AudioError, save_wav
 from gaussian_flametalk.flametalk.encoders import load_encoder
 from gaussian_flametalk.flametalk.losses import face_dynamics_deviation, fourier_frequency_error, upper_face_ids
 from gaussian_flametalk.flametalk.model import FlameTalk, FlameTalkSpec
@@ -18,7 +18,7 @@ from gaussian_flametalk.headmodel import load_head_model, make_synthetic_head
 from gaussian_flametalk.scripts.bench_talk import (BenchTalkConfig, build_parser, format_table, run_ablation,
                                                    shuffle_audio)
 from gaussian_flametalk.tracking.subject import Subject
-from test_flametalk import make_subject, speech_like, write_wav
+from test_flametalk import make_subject, speech_like
 
 # ------------------------------------------------------------------------------------------------ metrics
 
@@ -157,7 +157,7 @@ def test_predict_file_rejects_unusable_audio(tmp_path):
     talk = TalkModel(model, enc, head, head.template, torch.zeros(head.n_shape), 25.0, 50, 10)
     assert talk.predict_file(_speech(tmp_path / "ok.wav"))["jaw"].shape == (25, 3)
     short = tmp_path / "short.wav"
-    write_wav(short, speech_like(1.0, 0)[0][:300])
+    save_wav(short, speech_like(1.0, 0)[0][:300])
     corrupt = tmp_path / "corrupt.wav"
     corrupt.write_bytes(_speech(tmp_path / "src.wav").read_bytes()[:30] + b"\x00garbage" * 40)
     text = tmp_path / "notes.txt"
@@ -176,5 +176,5 @@ def test_predict_file_rejects_unusable_audio(tmp_path):
 
 
 def _speech(path: Path) -> Path:
-    write_wav(path, speech_like(1.0, 1)[0])
+    save_wav(path, speech_like(1.0, 1)[0])
     return path

@@ -148,7 +148,7 @@ def render_sequence(
     """
     from tqdm.auto import tqdm
 
-    from .train import check_head_model, params_to
+    from .train import check_head_model
 
     subject = subject if isinstance(subject, Subject) else Subject.open(subject)
     model = subject.head_model()
@@ -157,7 +157,7 @@ def render_sequence(
     src = pingpong(params.batch, subject.n_frames) if source_frames is None else np.asarray(source_frames)
     if len(src) != params.batch or src.min() < 0 or src.max() >= subject.n_frames:
         raise ValueError(f"source_frames must be {params.batch} indices in 0..{subject.n_frames - 1}")
-    params = params_to(params, renderer.device)
+    params = params.to(renderer.device)
     for t in tqdm(range(params.batch), desc="render-avatar", unit="frame", disable=not progress):
         yield renderer.frame(params[t:t + 1], int(src[t]))
 

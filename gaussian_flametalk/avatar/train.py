@@ -168,10 +168,6 @@ class FrameParams(nn.Module):
         return HeadParams(**{n: getattr(self, n).detach() for n in HeadParams.NAMES})
 
 
-def params_to(params: HeadParams, device: torch.device | str) -> HeadParams:
-    return HeadParams(**{k: v.to(device) for k, v in params.as_kwargs().items()})
-
-
 def tuned_parts(model: HeadModel) -> tuple[str, ...]:
     """Head parameters fine-tuned per frame: expression, the pose parts the model has, translation."""
     return ("expression", *[p for p in TUNED_POSE if p in model.pose_parts], "translation")
@@ -241,7 +237,7 @@ def load_training_data(subject: Subject, model: HeadModel, triangles: torch.Tens
 def _init_colors(data: TrainData, model: HeadModel, triangles: torch.Tensor, device: torch.device) -> torch.Tensor:
     """(T, 3) colours of the first training frame's target at the projected triangle centroids."""
     i = int(data.train_idx[0])
-    verts = posed_vertices(model, params_to(data.params[i:i + 1], device))
+    verts = posed_vertices(model, data.params[i:i + 1].to(device))
     centroids = triangle_frames(verts, model.faces[triangles]).origin[0]
     uv = data.camera.to(device).project(centroids).round().long().cpu()
     h, w = data.targets.shape[1:3]
@@ -303,7 +299,7 @@ def evaluate(
     """Mean PSNR / SSIM / L1 over frames ``idx`` (tracked parameters, unmasked pixels only)."""
     out = {"psnr": [], "ssim": [], "l1": []}
     for i in idx:
-        img, _, _ = render_frames(gaussians, model, params_to(data.params[int(i):int(i) + 1], device),
+        img, _, _ = render_frames(gaussians, model, data.params[int(i):int(i) + 1].to(device),
                                   data.camera.to(device), sh_degree)
         t, w = data.batch(torch.tensor([int(i)]), device)
         out["psnr"].append(psnr(img, t, w))
@@ -352,7 +348,7 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    ref_verts = posed_vertices(model, params_to(data.params[data.train_idx], device))
+    ref_verts = posed_vertices(model, data.params[data.train_idx].to(device))
     face_scale = triangle_frames(ref_verts.mean(dim=0, keepdim=True), faces).scale[0]
     triangles = region_triangles(faces, model.regions, cfg.regions)
     if triangles.numel() == 0:
@@ -361,7 +357,7 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
         triangles = triangles[torch.randperm(triangles.numel(), generator=gen)[: cfg.max_triangles].sort().values.to(device)]
     k_mean = float(face_scale[triangles].mean())
 
-    frames = FrameParams(params_to(data.params, device), tuned_parts(model) if cfg.tune_params else ())
+    frames = FrameParams(data.params.to(device), tuned_parts(model) if cfg.tune_params else ())
     start, resumed_from, history, elapsed = 0, None, [], 0.0
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -503,14 +499,14 @@ def train_avatar(cfg: AvatarConfig) -> dict:
     os.replace(_tmp(out / "params.npz"), out / "params.npz")
     frame = min(max(cfg.ply_frame, 0), subject.n_frames - 1)
     with torch.no_grad():
-        verts = model.forward_params(params_to(final[frame:frame + 1], device))[0]
+        verts = model.forward_params(final[frame:frame + 1].to(device))[0]
     save_ply(out / "avatar.ply", result.gaussians, verts, model.faces, frame)
 
     renderer = AvatarRenderer(subject, result.gaussians, model, static, result.sh_degree, cfg.resolution, device)
     pick = data.test_idx[np.unique(np.linspace(0, len(data.test_idx) - 1, max(cfg.grid_frames, 1)).round().astype(int))]
     rows = []
     for i in pick:
-        rendered = renderer.frame(params_to(data.params[int(i):int(i) + 1], device), int(i))
+        rendered = renderer.frame(data.params[int(i):int(i) + 1].to(device), int(i))
         gt = cv2.resize(subject.frame(int(i)), (cfg.resolution, cfg.resolution), interpolation=cv2.INTER_AREA)
         rows.append((gt, rendered))
     save_grid(out / "test_grid.png", rows)

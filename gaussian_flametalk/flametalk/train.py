@@ -163,7 +163,7 @@ def _context_frames(encoder: AudioEncoder, fps: float) -> int:
     return int(math.ceil(samples * fps / SAMPLE_RATE))
 
 
-def _loss_ids(model: HeadModel, regions: tuple[str, ...]) -> torch.Tensor:
+def loss_vertex_ids(model: HeadModel, regions: tuple[str, ...]) -> torch.Tensor:
     unknown = [r for r in regions if r not in model.regions]
     if unknown:
         raise ValueError(f"unknown head-model regions {unknown} (have {list(model.regions)})")
@@ -340,7 +340,7 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
                     "head_model": head.kind}, tmp)
         os.replace(tmp, ckpt_path)
 
-    ids = _loss_ids(head, cfg.loss_regions).to(device)
+    ids = loss_vertex_ids(head, cfg.loss_regions).to(device)
     for d in datas:
         if len(d.train_idx) < 2:
             raise ValueError(f"{d.name}: too few training frames ({len(d.train_idx)})")
@@ -449,7 +449,7 @@ def train_talk(cfg: TalkConfig) -> dict:
     model, encoder, info = fit_talk(datas, head, cfg, out)
     head = head.cpu()
     model, encoder = model.cpu(), encoder.cpu()
-    ids = _loss_ids(head, cfg.loss_regions)
+    ids = loss_vertex_ids(head, cfg.loss_regions)
     (out / "test").mkdir(exist_ok=True)
     results = {}
     for k, (subject, d) in enumerate(zip(subjects, datas)):

@@ -92,6 +92,10 @@ class HeadParams:
         """Select frames: ``params[10:20]`` or ``params[idx_tensor]``."""
         return HeadParams(**{k: v[index] for k, v in self.as_kwargs().items()})
 
+    def to(self, device: torch.device | str) -> "HeadParams":
+        """The same parameters on ``device``."""
+        return HeadParams(**{k: v.to(device) for k, v in self.as_kwargs().items()})
+
 
 class HeadModel(nn.Module):
     """Base class: a parametric head mesh.

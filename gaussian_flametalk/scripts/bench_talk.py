@@ -35,7 +35,7 @@ from ..config import add_dataclass_args, dataclass_from_args
 from ..flametalk.audio import SAMPLE_RATE
 from ..flametalk.losses import (face_dynamics_deviation, fourier_frequency_error, lip_vertex_error, motion_vertices,
                                 upper_face_ids)
-from ..flametalk.train import TalkConfig, TalkData, _loss_ids, evaluate, fit_talk, open_subjects
+from ..flametalk.train import TalkConfig, TalkData, loss_vertex_ids, evaluate, fit_talk, open_subjects
 from ..headmodel import HeadModel
 
 __all__ = ["BenchTalkConfig", "build_parser", "format_table", "main", "run_ablation", "shuffle_audio", "talk_metrics"]
@@ -112,7 +112,7 @@ def run_ablation(cfg: BenchTalkConfig) -> dict:
             model, encoder, _ = fit_talk(train_data, head, cfg, root / key)
             runs[key] = (model.cpu(), encoder.cpu(), time.perf_counter() - t0)
     head = head.cpu()
-    ids = _loss_ids(head, cfg.loss_regions)
+    ids = loss_vertex_ids(head, cfg.loss_regions)
     result: dict = {"subjects": {}, "train_seconds": {k: r[2] for k, r in runs.items()}}
     for d in datas:
         preds = {k: torch.from_numpy(evaluate(model, encoder, head, d, cfg, ids, cfg.infer_mode)[1])

@@ -196,7 +196,7 @@ class DemoFaceRenderer:
         """B frames of head parameters -> (B, H, W, 3) uint8 RGB at the camera's size."""
         import cv2
 
-        params = HeadParams(**{k: v.to(self.device) for k, v in params.as_kwargs().items()})
+        params = params.to(self.device)
         verts = self.model.forward_params(params)
         normals = vertex_normals(verts, self.model.faces).double().cpu().numpy()
         lmk = self.model.landmarks(verts).double().cpu().numpy()

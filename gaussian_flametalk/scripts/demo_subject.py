@@ -43,7 +43,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..avatar.train import params_to
 from ..config import config_to_dict, package_versions
 from ..flametalk.audio import SAMPLE_RATE, load_audio, save_wav
 from ..geometry.camera import Camera
@@ -332,7 +331,7 @@ def make_demo_subject(cfg: DemoSubjectConfig) -> dict:
     model = make_synthetic_head().to(torch.device(cfg.device))
     camera = demo_camera(cfg.size)
     with torch.no_grad():
-        lmk = torch.cat([model.forward_landmarks(**params_to(params[s : s + FRAME_CHUNK], cfg.device).as_kwargs()).cpu()
+        lmk = torch.cat([model.forward_landmarks(**params[s : s + FRAME_CHUNK].to(cfg.device).as_kwargs()).cpu()
                          for s in range(0, n_frames, FRAME_CHUNK)])
     landmarks2d = camera.project(lmk).numpy()
     timings["motion_s"] = time.perf_counter() - t0

@@ -140,7 +140,9 @@ def drive(cfg: DriveConfig) -> dict:
     kw = motion_to_kwargs(torch.from_numpy(motion), model)
     kw.setdefault("jaw", torch.zeros(n_frames, 3))
     sequence_path = avatar_dir / "params.npz"
-    sequence = load_params(sequence_path if sequence_path.is_file() else subject.root / "params.npz")
+    if not sequence_path.is_file():
+        sequence_path = subject.root / "params.npz"
+    sequence = load_params(sequence_path)
     if sequence.batch != subject.n_frames:
         raise ValueError(f"{sequence_path}: {sequence.batch} frames, the SUBJECT has {subject.n_frames}")
     source = test_frames[:n_frames] if test_frames is not None else pingpong(n_frames, subject.n_frames)
@@ -153,8 +155,7 @@ def drive(cfg: DriveConfig) -> dict:
     timings["load"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():
-        verts = model.to(renderer.device).forward_params(
-            HeadParams(**{k: v.to(renderer.device) for k, v in params.as_kwargs().items()}))
+        verts = model.to(renderer.device).forward_params(params.to(renderer.device))
     if verts.is_cuda:
         torch.cuda.synchronize()
     timings["mesh"] = time.perf_counter() - t0
