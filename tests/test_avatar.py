@@ -72,8 +72,8 @@ def _train_data(n=60, size=128) -> tuple[TrainData, object]:
 
 
 def _cfg(tmp_path: Path, **kw) -> AvatarConfig:
-    base = {"subject": tmp_path, "progress": False, "regions": (), "init_opacity": 0.5, "sh_every": 10**6, "densify_from": 100,
-                "densify_every": 100, "opacity_reset_every": 0, "checkpoint_every": 10**6}
+    base = {"subject": tmp_path, "progress": False, "regions": (), "init_opacity": 0.5, "sh_degree": 0,
+            "densify_every": 0, "opacity_resets": 0, "checkpoint_every": 10**6}
     base.update(kw)
     return AvatarConfig(**base)
 
@@ -81,7 +81,7 @@ def _cfg(tmp_path: Path, **kw) -> AvatarConfig:
 def test_self_consistency_synthetic(tmp_path):
     data, model = _train_data()
     t0 = time.perf_counter()
-    cfg = _cfg(tmp_path, iterations=200, densify_until=200, tune_params=False)
+    cfg = _cfg(tmp_path, iterations=200, densify_start=0.5, densify_end=1.0, densify_every=100, tune_params=False)
     result = fit_avatar(data, model, cfg, tmp_path / "avatar")
     dt = time.perf_counter() - t0
     print(f"\nself-consistency: held-out PSNR {result.test['psnr']:.2f} dB, SSIM {result.test['ssim']:.4f}, "
@@ -89,12 +89,26 @@ def test_self_consistency_synthetic(tmp_path):
     assert result.test["psnr"] >= 28.0
 
 
-def test_resume_matches_uninterrupted(tmp_path):
+def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
+    """A run killed after its checkpoint at 60 of 120 iterations resumes from it and ends where an uninterrupted run
+    ends (same schedule: it is a function of the options, not of where the run started)."""
+    import gaussian_flametalk.avatar.train as train_module
+
     data, model = _train_data(n=30, size=96)
-    kw = {"densify_from": 40, "densify_every": 40, "densify_until": 10**6, "checkpoint_every": 30, "tune_params": True}
+    kw = {"densify_start": 1 / 3, "densify_end": 1.0, "densify_every": 40, "checkpoint_every": 30, "tune_params": True}
     straight = fit_avatar(data, model, _cfg(tmp_path, iterations=120, **kw), tmp_path / "straight")
-    first = fit_avatar(data, model, _cfg(tmp_path, iterations=60, **kw), tmp_path / "resumed")
-    assert first.resumed_from is None
+    real_render, calls = train_module.render_frames, {"n": 0}
+
+    def killed_at_70(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 70:
+            raise KeyboardInterrupt
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "render_frames", killed_at_70)
+    with pytest.raises(KeyboardInterrupt):
+        fit_avatar(data, model, _cfg(tmp_path, iterations=120, **kw), tmp_path / "resumed")
+    monkeypatch.setattr(train_module, "render_frames", real_render)
     resumed = fit_avatar(data, model, _cfg(tmp_path, iterations=120, **kw), tmp_path / "resumed")
     assert resumed.resumed_from == 60 and resumed.iterations_run == 60
     assert len(resumed.gaussians) == len(straight.gaussians)
@@ -188,8 +202,9 @@ def test_real_clip_ict_bounded_cpu_run(shared_dir, tmp_path):
     subject = tmp_path / "v1"
     track(TrackConfig(video=clip, out=subject, head_model=f"ict:{shared_dir / 'headmodels/ict-facekit/FaceXModel'}",
                       overlay=False, progress=False))
-    cfg = AvatarConfig(subject=subject, iterations=150, resolution=256, max_triangles=8000, densify_from=100,
-                       densify_every=50, sh_every=100, checkpoint_every=10**6, progress=False, grid_frames=2)
+    cfg = AvatarConfig(subject=subject, iterations=150, resolution=256, max_triangles=8000, densify_start=2 / 3,
+                       densify_end=1.0, densify_every=50, opacity_resets=0, sh_degree=1, sh_ramp=2 / 3,
+                       checkpoint_every=10**6, progress=False, grid_frames=2)
     meta = train_avatar(cfg)
     f, t = meta["figures"], meta["timings"]
     print(f"\nreal clip v1 (4 s, ICT-FaceKit, 256x256, {cfg.iterations} its, CPU): test PSNR {f['test_psnr']:.2f} dB, "

@@ -31,8 +31,8 @@ def trained_subject(tmp_path_factory) -> Path:
     root = make_subject(tmp_path_factory.mktemp("drive") / "S", n=N_FRAMES, size=96)
     samples, _ = speech_like(N_FRAMES / 25.0, seed=3)
     save_wav(root / "audio.wav", samples)
-    train_avatar(AvatarConfig(subject=root, iterations=20, resolution=96, progress=False, regions=(), sh_every=10**6,
-                              densify_from=100, densify_every=100, opacity_reset_every=0, grid_frames=1))
+    train_avatar(AvatarConfig(subject=root, iterations=20, resolution=96, progress=False, regions=(), sh_degree=0,
+                              densify_every=0, opacity_resets=0, grid_frames=1))
     train_talk(TalkConfig(subjects=(root,), iterations=5, seq_frames=8, batch_size=1, dim=16, heads=2, mel_dim=16,
                           progress=False, window=16, overlap=4))
     return root

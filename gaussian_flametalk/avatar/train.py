@@ -12,11 +12,11 @@ floating outside the person costs nothing against the black target, but would sh
 
 Optimised: the Gaussians (Adam, the 3DGS learning rates; the position rate is ``position_lr * extent`` metres per
 step, converted to triangle units by the mean triangle scale, and decays exponentially to ``position_lr_final``
-over ``position_lr_steps``) and the per-frame head parameters of the training frames (expression, the pose parts the
+over the run) and the per-frame head parameters of the training frames (expression, the pose parts the
 model has, translation; shape is kept), each group with its own small rate. Test frames keep their tracked
 parameters and are never trained on. Adaptive density control (clone / split / prune, opacity reset) and the SH
-degree (raised by one every ``sh_every`` iterations up to 3) run on schedules in absolute iterations, so a resumed run
-follows the same schedule as an uninterrupted one.
+degree follow a schedule given as fractions of ``iterations`` (:mod:`.schedule`), checked when the config is made and
+resolved into absolute iterations, so a resumed run follows the same schedule as an uninterrupted one.
 
 Outputs in SUBJECT/avatar/ (each written atomically; ``meta.json`` last, so its presence marks a finished run):
 ``checkpoint.pt`` (every ``checkpoint_every`` iterations and at the end; a re-run resumes from it),
@@ -57,6 +57,7 @@ from .gaussians import (
 )
 from .losses import l1, psnr, ssim
 from .rasterize import render
+from .schedule import Schedule, resolve_schedule
 
 __all__ = ["AvatarConfig", "FrameParams", "TrainData", "fit_avatar", "load_training_data", "main", "train_avatar"]
 
@@ -83,7 +84,6 @@ class AvatarConfig:
     extent: float = field(default=0.25, metadata={"help": "spatial extent of the scene (metres, head-sized)"})
     position_lr: float = field(default=1.6e-4, metadata={"help": "position learning rate (times extent, metres)"})
     position_lr_final: float = field(default=1.6e-6, metadata={"help": "final position learning rate"})
-    position_lr_steps: int = field(default=10000, metadata={"help": "iterations of the position-rate decay"})
     color_lr: float = field(default=2.5e-3, metadata={"help": "SH DC learning rate (rest: 1/20 of it)"})
     opacity_lr: float = field(default=0.05, metadata={"help": "opacity learning rate"})
     scale_lr: float = field(default=0.017, metadata={"help": "log-scale learning rate"})
@@ -100,19 +100,33 @@ class AvatarConfig:
     threshold_position: float = field(default=1.0, metadata={"help": "local |xyz| allowed without penalty"})
     lambda_scale: float = field(default=1.0, metadata={"help": "local scale regulariser weight"})
     threshold_scale: float = field(default=0.6, metadata={"help": "local scale allowed without penalty"})
-    sh_every: int = field(default=1000, metadata={"help": "raise the SH degree every this many iterations (max 3)"})
-    densify_from: int = field(default=500, metadata={"help": "first densification iteration"})
-    densify_until: int = field(default=6000, metadata={"help": "no densification from this iteration on"})
-    densify_every: int = field(default=100, metadata={"help": "densification interval"})
+    sh_degree: int = field(default=3, metadata={"help": "highest SH degree (0..3)"})
+    sh_ramp: float = field(default=0.3, metadata={
+        "help": "fraction of the run over which the SH degree rises evenly from 0 to --sh-degree"})
+    densify_start: float = field(default=0.1, metadata={"help": "densification starts at this fraction of the run"})
+    densify_end: float = field(default=0.5, metadata={"help": "densification ends at this fraction of the run"})
+    densify_every: int | None = field(default=None, metadata={
+        "help": "densification interval in iterations (default: 100, less in a run too short to densify 5 times in its "
+                "window; 0 = never)"})
     grad_threshold: float = field(default=2e-4, metadata={"help": "screen-space gradient threshold (NDC units)"})
     percent_dense: float = field(default=0.01, metadata={"help": "split above this fraction of the extent, else clone"})
     min_opacity: float = field(default=0.005, metadata={"help": "prune below this opacity"})
     max_size: float = field(default=0.1, metadata={"help": "prune above this fraction of the extent"})
-    opacity_reset_every: int = field(default=3000, metadata={"help": "opacity reset interval (0 = never)"})
+    opacity_resets: int = field(default=1, metadata={
+        "help": "opacity resets, spaced evenly inside the densification window (0 = none); the last must leave a "
+                "fifth of the run to recover"})
     checkpoint_every: int = field(default=500, metadata={"help": "checkpoint interval (iterations)"})
     ply_frame: int = field(default=0, metadata={"help": "frame whose pose the PLY export takes"})
     grid_frames: int = field(default=4, metadata={"help": "test frames in the PNG grid"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        self.schedule()  # a schedule that cannot work fails here, before any data is read
+
+    def schedule(self) -> Schedule:
+        """The run's schedule in absolute iterations (:mod:`.schedule`)."""
+        return resolve_schedule(self.iterations, self.densify_start, self.densify_end, self.densify_every,
+                                self.opacity_resets, self.sh_degree, self.sh_ramp)
 
 
 @dataclass
@@ -263,8 +277,8 @@ def _optimizer(gaussians: BoundGaussians, frames: FrameParams, cfg: AvatarConfig
 
 
 def _position_lr(cfg: AvatarConfig, it: int, k_mean: float) -> float:
-    """Exponentially decayed position rate in triangle-scale units."""
-    t = min(it / max(cfg.position_lr_steps, 1), 1.0)
+    """Position rate in triangle-scale units, decayed exponentially over the whole run (as 3DGS does)."""
+    t = min(it / max(cfg.iterations, 1), 1.0)
     lr = math.exp((1 - t) * math.log(cfg.position_lr) + t * math.log(cfg.position_lr_final))
     return lr * cfg.extent / k_mean
 
@@ -382,8 +396,8 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
         optimizer = _optimizer(gaussians, frames, cfg, k_mean)
         stats = DensifyStats(len(gaussians), device)
 
-    def sh_degree_at(it: int) -> int:
-        return min(it // max(cfg.sh_every, 1), 3)
+    schedule = cfg.schedule()
+    sh_degree_at = schedule.sh_degree
 
     def checkpoint(it: int, seconds: float) -> None:
         _save_checkpoint(ckpt_path, {
@@ -413,14 +427,14 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
             loss = loss + cfg.lambda_alpha * l1(alpha, silhouette, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if it < cfg.densify_until and info.means2d.grad is not None:
+        if schedule.collect_gradients(it) and info.means2d.grad is not None:
             stats.update(info.means2d.grad, info.visible, camera.width, camera.height)
         optimizer.step()
         done = it + 1
-        if cfg.densify_from <= done < cfg.densify_until and done % cfg.densify_every == 0:
+        if schedule.densify_at(done):
             densify_and_prune(gaussians, optimizer, stats, face_scale, cfg.grad_threshold,
                               cfg.percent_dense * cfg.extent, cfg.min_opacity, cfg.max_size * cfg.extent, gen)
-        if cfg.opacity_reset_every and done < cfg.densify_until and done % cfg.opacity_reset_every == 0:
+        if schedule.reset_at(done):
             reset_opacity(gaussians, optimizer)
         if done % 10 == 0 or done == cfg.iterations:
             p = psnr(image, target, weight)

@@ -63,9 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     cmd: Command = args._command
-    return cmd.run(dataclass_from_args(cmd.config, args))
+    try:
+        config = dataclass_from_args(cmd.config, args)
+    except ValueError as e:  # a config's own validation: refused before any work, as a usage error
+        parser.error(f"{cmd.name}: {e}")
+    return cmd.run(config)
 
 
 if __name__ == "__main__":
