@@ -1,6 +1,7 @@
-"""Gaussian-splatting rasterizer: one API, two backends (gsplat on CUDA, a tile-based pure-PyTorch reference anywhere).
+"""Gaussian-splatting rasterizer: one API, three backends (gsplat on CUDA, a compiled multithreaded CPU kernel, a
+tile-based pure-PyTorch reference anywhere).
 
-Convention — both backends, the same as gsplat 1.5.3's ``rasterization`` in its default ``classic`` (non-antialiased)
+Convention — all backends, the same as gsplat 1.5.3's ``rasterization`` in its default ``classic`` (non-antialiased)
 mode with a pinhole camera, so that they agree to 1e-3 on the same scene:
 
 * Camera: :class:`~gaussian_flametalk.geometry.camera.Camera` — OpenCV axes (x right, y down, z forward), world-to-camera
@@ -33,6 +34,13 @@ from its CUDA kernel in using a fixed 3.33-sigma box.
 
 Batching: pass a sequence of cameras (same size and planes) to render C views at once; each Gaussian tensor may be
 shared by all views (leading dim N) or given per view (leading dims (C, N), e.g. per-frame deformed Gaussians).
+
+Backends: ``gsplat`` (float32 CUDA, :mod:`.rasterize_gsplat`); ``cpu`` (float32 CPU, :mod:`.rasterize_cpu`: a C++
+kernel compiled on first use, forward and analytic backward, multithreaded over tiles with
+``torch.get_num_threads()`` threads or ``num_threads``); ``reference`` (any device and float dtype,
+:mod:`.rasterize_ref`, the readable specification the other two are tested against). ``auto`` picks gsplat for float32
+CUDA tensors, the compiled kernel for float32 CPU tensors, and the reference otherwise (float64, other devices) or,
+with one warning, when the chosen compiled backend cannot be loaded.
 """
 
 from __future__ import annotations
@@ -46,12 +54,13 @@ from typing import Literal
 import torch
 
 from ..geometry.camera import Camera
+from .rasterize_cpu import cpu_loadable
 from .rasterize_gsplat import gsplat_loadable, gsplat_status
 from .sh import MAX_SH_DEGREE, num_sh_bases
 
 __all__ = ["Backend", "RenderInfo", "gsplat_status", "render", "select_backend"]
 
-Backend = Literal["auto", "gsplat", "reference"]
+Backend = Literal["auto", "gsplat", "cpu", "reference"]
 EPS2D = 0.3
 
 
@@ -64,7 +73,7 @@ class RenderInfo:
             ``means2d.grad`` holds dL/d(means2d) after ``backward()`` (the screen-space gradient of 3DGS densification).
         radii: (C, N, 2) int32 half-sizes of the screen-space boxes, (0, 0) for culled Gaussians.
         depths: (C, N) camera-space z of the means.
-        backend: "gsplat" or "reference".
+        backend: "gsplat", "cpu" or "reference".
     """
 
     means2d: torch.Tensor
@@ -90,6 +99,7 @@ def render(
     *,
     backend: Backend = "auto",
     eps2d: float = EPS2D,
+    num_threads: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, RenderInfo]:
     """Render 3D Gaussians (convention in the module docstring).
 
@@ -103,9 +113,10 @@ def render(
         camera: one :class:`Camera`, or a sequence of C cameras of equal size and near/far planes.
         background: (D,) or (C, D) colour behind the Gaussians; black when None.
         sh_degree: None for plain colours, or 0..3.
-        backend: "auto" (gsplat for float32 CUDA tensors when its extension loads, else the reference), "gsplat" or
-            "reference".
+        backend: "auto" (gsplat for float32 CUDA tensors when its extension loads, the compiled CPU kernel for float32
+            CPU tensors when it builds, else the reference), "gsplat", "cpu" or "reference".
         eps2d: low-pass dilation added to the 2D covariances' diagonal.
+        num_threads: threads of the cpu backend (default ``torch.get_num_threads()``); ignored by the others.
     Returns:
         image (H, W, D) and alpha (H, W, 1) for one camera, (C, H, W, D) and (C, H, W, 1) for a sequence; and the
         :class:`RenderInfo` (always with a leading camera dim).
@@ -150,6 +161,10 @@ def render(
         from .rasterize_gsplat import rasterize as rasterize_gsplat
 
         rasterize_impl = functools.partial(rasterize_gsplat, geometry_shared=geometry_shared)
+    elif chosen == "cpu":
+        from .rasterize_cpu import rasterize as rasterize_cpu
+
+        rasterize_impl = functools.partial(rasterize_cpu, num_threads=num_threads)
     else:
         from .rasterize_ref import rasterize as rasterize_impl
     image, alpha, means2d, radii, depths = rasterize_impl(
@@ -226,16 +241,31 @@ def _per_camera(t: torch.Tensor, n_cams: int, item_dims: int) -> torch.Tensor:
     return t.expand(n_cams, *t.shape)
 
 
-def select_backend(backend: Backend, device: torch.device, dtype: torch.dtype) -> Literal["gsplat", "reference"]:
+_cpu_fallback_warned = False
+
+
+def select_backend(backend: Backend, device: torch.device, dtype: torch.dtype) -> Literal["gsplat", "cpu", "reference"]:
     """Resolve ``backend`` for tensors on ``device`` with ``dtype``.
 
     "auto" picks gsplat for float32 CUDA tensors when its CUDA extension loads (compiling it the first time, which can
-    take minutes), else the reference; "gsplat" raises when it cannot be used.
+    take minutes), the compiled CPU kernel for float32 CPU tensors when it builds (seconds, once per machine), else the
+    reference. "gsplat" raises when it cannot be used; "cpu" raises for tensors it cannot take (not float32 on the
+    CPU) and falls back to the reference, with one warning per process, when the kernel cannot be built or loaded.
     """
     if backend == "reference":
         return "reference"
-    if backend not in ("auto", "gsplat"):
-        raise ValueError(f"backend must be 'auto', 'gsplat' or 'reference', got {backend!r}")
+    if backend not in ("auto", "gsplat", "cpu"):
+        raise ValueError(f"backend must be 'auto', 'gsplat', 'cpu' or 'reference', got {backend!r}")
+    if backend == "cpu" or (backend == "auto" and device.type == "cpu"):
+        if device.type != "cpu" or dtype != torch.float32:
+            if backend == "cpu":
+                raise ValueError(f"the cpu backend needs float32 CPU tensors, got {dtype} on {device}")
+            return "reference"
+        ok, error = cpu_loadable()
+        if ok:
+            return "cpu"
+        _warn_cpu_fallback(error)
+        return "reference"
     if device.type != "cuda" or dtype != torch.float32:
         if backend == "gsplat":
             raise ValueError(f"the gsplat backend needs float32 CUDA tensors, got {dtype} on {device}")
@@ -247,3 +277,16 @@ def select_backend(backend: Backend, device: torch.device, dtype: torch.dtype) -
         raise RuntimeError(f"gsplat cannot be used: {error}")
     warnings.warn(f"gsplat unavailable ({error}); using the much slower reference rasterizer", stacklevel=3)
     return "reference"
+
+
+def _warn_cpu_fallback(error: str | None) -> None:
+    global _cpu_fallback_warned
+    if _cpu_fallback_warned:
+        return
+    _cpu_fallback_warned = True
+    warnings.warn(
+        f"the compiled CPU rasterizer is unavailable ({error}); rendering with the PyTorch reference instead, which is "
+        "about 10x slower (gft doctor shows the details)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
