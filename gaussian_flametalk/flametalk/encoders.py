@@ -12,6 +12,9 @@ onto that grid.
   filterbank) on the half-frame grid, then a small 1-D convolution stack (PESTalk's frequency stream). Its receptive
   field is finite (:attr:`MelEncoder.context_samples`), so encoding a long clip in pieces with that much context
   gives the same features as encoding it whole.
+- ``phonetic`` (no download: PocketSphinx's en-us model ships in its wheel): phone segments from PocketSphinx's
+  phone-loop decoder as soft one-hot phones, viseme classes and expected mouth openness on the half-frame grid,
+  then a small convolution stack (:mod:`.phonetic`); ``mel+phonetic``: both streams concatenated (``2 dim``).
 - ``wav2vec2`` / ``hubert``: a transformers model from a hub id or a local folder (``local_files_only`` when
   ``HF_HUB_OFFLINE`` is set), its CNN feature extractor frozen, its transformer trainable; input normalised to zero
   mean and unit variance per clip.
@@ -166,8 +169,15 @@ class TransformersEncoder(AudioEncoder):
 
 
 def load_encoder(spec: str, dim: int = 128) -> AudioEncoder:
-    """``mel`` (``dim`` output channels), ``wav2vec2:ID_OR_DIR`` or ``hubert:ID_OR_DIR`` (their own width)."""
+    """``mel``, ``phonetic`` (``dim`` output channels), ``mel+phonetic`` (``2 dim``), ``wav2vec2:ID_OR_DIR`` or
+    ``hubert:ID_OR_DIR`` (their own width)."""
     kind, _, model_id = spec.partition(":")
+    if kind in ("phonetic", "mel+phonetic"):
+        from .phonetic import MelPhoneticEncoder, PhoneticEncoder
+
+        if model_id:
+            raise ValueError(f"audio encoder '{spec}': {kind} takes no model id")
+        return PhoneticEncoder(dim) if kind == "phonetic" else MelPhoneticEncoder(dim)
     if kind == "mel":
         if model_id:
             raise ValueError(f"audio encoder '{spec}': mel takes no model id")
@@ -177,4 +187,5 @@ def load_encoder(spec: str, dim: int = 128) -> AudioEncoder:
             default = "facebook/wav2vec2-base-960h" if kind == "wav2vec2" else "facebook/hubert-base-ls960"
             raise ValueError(f"audio encoder '{kind}' needs a hub id or folder, e.g. {kind}:{default}")
         return TransformersEncoder(kind, model_id)
-    raise ValueError(f"unknown audio encoder '{spec}' (mel, wav2vec2:ID_OR_DIR, hubert:ID_OR_DIR)")
+    raise ValueError(f"unknown audio encoder '{spec}' (mel, phonetic, mel+phonetic, wav2vec2:ID_OR_DIR, "
+                     "hubert:ID_OR_DIR)")
