@@ -8,7 +8,9 @@ For each video (read at its own frame rate):
   ``--reference`` the reference-relative score, the raw terms of both, the keypoint trajectories
   (``NAME/trajectories.npz``), a spectrum plot and a trajectory plot (PNG);
 - lip sync: the weight-free mouth-opening / speech-envelope correlation over +-``max_offset`` frames against the
-  video's own sound or ``--audio``; SyncNet offset, minimum distance and confidence with ``--syncnet WEIGHTS``;
+  video's own sound or ``--audio``; the weight-free phonetic sync (:mod:`.phonetic_sync`: opening against the
+  expected openness of the PocketSphinx phones over the same offsets, and open vowels vs p/b/m); SyncNet offset,
+  minimum distance and confidence with ``--syncnet WEIGHTS``;
   mouth landmark distance (LMD) against the reference;
 - image quality against the reference (the same frames): PSNR, SSIM, and LPIPS with ``--lpips-weights DIR``;
 - mesh motion with ``--params PRED.npz --tracked SUBJECT``: LVE, FDD, FFE against the subject's tracked parameters of
@@ -218,6 +220,7 @@ def _lipsync_section(cfg: EvalConfig, video: VideoInfo, points: np.ndarray, foun
                                                 max_offset=cfg.max_offset)
         except ValueError as e:  # too few frames with a face
             section["envelope"] = _unavailable(str(e))
+    section["phonetic"] = _unavailable(why) if wave is None else _phonetic_sync(points, wave, fps, cfg.max_offset)
     if cfg.syncnet is None:
         section["syncnet"] = _unavailable("no --syncnet weights given")
     elif wave is None:
@@ -232,6 +235,19 @@ def _lipsync_section(cfg: EvalConfig, video: VideoInfo, points: np.ndarray, foun
         except ValueError as e:  # no frame with a face in both
             section["lmd"] = _unavailable(str(e))
     return section
+
+
+def _phonetic_sync(points: np.ndarray, wave: np.ndarray, fps: float, max_offset: int) -> dict:
+    """Phonetic sync (:mod:`.phonetic_sync`): mouth opening against the PocketSphinx phones of the speech."""
+    try:
+        from .lipsync import mouth_opening
+        from .phonetic_sync import phonetic_sync_of_wave
+
+        return phonetic_sync_of_wave(mouth_opening(points), wave, fps, max_offset)
+    except ImportError as e:  # pocketsphinx missing
+        return _unavailable(f"phonetic sync needs pocketsphinx (pip install 'pocketsphinx==5.1.1'): {e}")
+    except ValueError as e:  # too few frames with a face
+        return _unavailable(str(e))
 
 
 def _syncnet(video: VideoInfo, points: np.ndarray, wave: np.ndarray, model: Any, cfg: EvalConfig) -> dict:

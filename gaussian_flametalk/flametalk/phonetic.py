@@ -16,8 +16,8 @@ window centres. A deterministic noise floor (Gaussian, std 1e-3 of full scale, a
 before decoding: digital silence (synthetic speech, zero padding) otherwise throws the acoustic model off (on
 espeak-ng's "mama papa" the stop closures, exact zeros, were read as silence and the p's were lost). The model is
 English; other languages are decoded as the nearest English phones, which is what a mouth needs (on the German
-clip v1 the phonetic sync score of :mod:`gaussian_flametalk.eval.phonetic_sync` with its own sound is 0.50, the
-highest of the English clips 0.47: bilabials and open vowels come out where the speaker's lips close and open).
+clip v1 the phonetic sync score of :mod:`gaussian_flametalk.eval.phonetic_sync` with its own sound is 0.50, within the
+English clips' 0.23-0.51: bilabials and open vowels come out where the speaker's lips close and open).
 
 Long audio is decoded in windows of ``window_s`` (30 s) starting every ``window_s - overlap_s`` (overlap 4 s);
 consecutive windows are stitched at the middle of their overlap (each window's segments clipped there), so memory
