@@ -151,12 +151,12 @@ def render(
     for name, t in named.items():
         if t.dtype != dtype or t.device != device:
             raise ValueError(f"{name} is {t.dtype} on {t.device}, expected {dtype} on {device} like means")
-    _check_finite(named)
+    chosen = select_backend(backend, device, dtype)
+    _check_finite(named, chosen)
 
     item_dims = {"means": 1, "quats": 1, "scales": 1, "opacities": 0, "colors": 1 if sh_degree is None else 2}
     geometry_shared = means.dim() == 2 and quats.dim() == 2 and scales.dim() == 2 and opacities.dim() == 1
     per_cam = {k: _per_camera(named[k], n_cams, item_dims[k]) for k in item_dims}
-    chosen = select_backend(backend, device, dtype)
     if chosen == "gsplat":
         from .rasterize_gsplat import rasterize as rasterize_gsplat
 
@@ -226,9 +226,14 @@ def _check_shapes(
     return 3 if sh_degree is not None else colors.shape[-1]
 
 
-def _check_finite(named: dict[str, torch.Tensor]) -> None:
-    """Raise ValueError naming every tensor that holds NaN or inf (one device sync)."""
-    finite = torch.stack([torch.isfinite(t).all() for t in named.values()]).tolist()
+def _check_finite(named: dict[str, torch.Tensor], backend: str = "reference") -> None:
+    """Raise ValueError naming every tensor that holds NaN or inf (one device sync; the cpu backend's own scan there)."""
+    if backend == "cpu":
+        from .rasterize_cpu import count_nonfinite
+
+        finite = [count_nonfinite(t) == 0 for t in named.values()]
+    else:
+        finite = torch.stack([torch.isfinite(t).all() for t in named.values()]).tolist()
     bad = [name for name, ok in zip(named, finite) if not ok]
     if bad:
         raise ValueError(f"render input contains NaN or inf: {', '.join(bad)}")

@@ -33,11 +33,11 @@ import torch
 from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).parent / "csrc" / "rasterize_cpu.cpp"
-ABI_VERSION = 1
+ABI_VERSION = 2
 TILE_SIZE = 16
 # -fno-math-errno lets sqrt/exp inline (results unchanged); no -ffast-math (it would reorder the compositing sums and
 # drop NaN/inf handling) and no -march=native (a cached build could then be loaded on another CPU of a shared home).
-CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno")
+CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
 BUILD_TIMEOUT_S = 300
 
 __all__ = ["cache_dir", "cpu_loadable", "cpu_status", "load_library", "rasterize"]
@@ -129,13 +129,15 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.gft_bin_fill.restype = None
     lib.gft_bin_fill.argtypes = [I64, I64, P, P, P, I32, I32, P, P, I32]
     lib.gft_composite_forward.restype = None
-    lib.gft_composite_forward.argtypes = [I64, I64, I32, P, P, P, P, I64, P, I64, I32, I32, P, P, P, P, P, I32]
+    lib.gft_composite_forward.argtypes = [I64, I64, I32, P, P, P, P, I64, P, I64, P, I32, I32, P, P, P, P, P, P, I32]
     lib.gft_composite_backward.restype = None
     lib.gft_composite_backward.argtypes = [
-        I64, I64, I32, P, P, P, P, I64, P, I64, I32, I32, P, P,  # as the forward
-        P, P, P, P,  # trans, ncontrib, grad colour, grad trans
-        P, P, P, P, I32,  # outputs, threads
+        I64, I64, I32, P, P, P, P, I64, P, I64, P, I32, I32, P, P,  # as the forward
+        P, P, P, P,  # trans, ncontrib, grad image, grad alpha
+        P, P, P, P, P, I32,  # outputs, threads
     ]
+    lib.gft_count_nonfinite.restype = I64
+    lib.gft_count_nonfinite.argtypes = [P, I64, I32]
     lib.gft_project_backward.restype = None
     lib.gft_project_backward.argtypes = [
         I64, I64, P, I64, P, I64, P, I64, P, I64, I64, I32,  # C, N, Gaussians, SH
@@ -277,49 +279,64 @@ class _Project(torch.autograd.Function):
         return out_means, out_quats, out_scales, None, out_coeffs, None, None, None
 
 
+def count_nonfinite(t: torch.Tensor, threads: int | None = None) -> int:
+    """Number of NaN / inf entries of a float32 CPU tensor (a multithreaded scan, no temporary tensor)."""
+    if t.dtype != torch.float32 or t.device.type != "cpu":
+        raise ValueError(f"count_nonfinite needs a float32 CPU tensor, got {t.dtype} on {t.device}")
+    t = t.detach()
+    if t.dim() > 0 and t.shape[0] > 1 and t.stride(0) == 0:
+        t = t[0]
+    t = t.contiguous()
+    return int(load_library().gft_count_nonfinite(_ptr(t), t.numel(), threads or torch.get_num_threads()))
+
+
 class _Composite(torch.autograd.Function):
-    """Screen-space Gaussians (C, N, ...) and tile lists -> colour without background (C, H, W, D), transmittance."""
+    """Screen-space Gaussians (C, N, ...), tile lists and backgrounds (C, D) -> image (C, H, W, D), alpha (C, H, W)."""
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, colors, radii, offsets, ids, cfg: _Settings):
+    def forward(ctx, means2d, conics, opacities, colors, backgrounds, radii, offsets, ids, cfg: _Settings):
         lib = load_library()
         C, N = cfg.n_views, cfg.n
         means2d, conics = means2d.detach().contiguous(), conics.detach().contiguous()
         o, o_vs = _per_view(opacities, C)
         col, c_vs = _per_view(colors, C)
+        bg = backgrounds.detach().contiguous()
         D = colors.shape[-1]
         image = torch.empty(C, cfg.height, cfg.width, D)
+        alpha = torch.empty(C, cfg.height, cfg.width, 1)
         trans = torch.empty(C, cfg.height, cfg.width)
         ncontrib = torch.empty(C, cfg.height, cfg.width, dtype=torch.int32)
         lib.gft_composite_forward(
-            C, N, D, _ptr(means2d), _ptr(conics), _ptr(radii), _ptr(o), o_vs, _ptr(col), c_vs, cfg.width, cfg.height,
-            _ptr(offsets), _ptr(ids), _ptr(image), _ptr(trans), _ptr(ncontrib), cfg.threads,
+            C, N, D, _ptr(means2d), _ptr(conics), _ptr(radii), _ptr(o), o_vs, _ptr(col), c_vs, _ptr(bg),
+            cfg.width, cfg.height, _ptr(offsets), _ptr(ids), _ptr(image), _ptr(alpha), _ptr(trans), _ptr(ncontrib),
+            cfg.threads,
         )
         ctx.cfg = cfg
         ctx.strides = (o_vs, c_vs, D)
-        ctx.save_for_backward(means2d, conics, radii, o, col, offsets, ids, trans, ncontrib)
-        return image, trans
+        ctx.save_for_backward(means2d, conics, radii, o, col, bg, offsets, ids, trans, ncontrib)
+        return image, alpha
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_image, g_trans):
+    def backward(ctx, g_image, g_alpha):
         lib = load_library()
         cfg = ctx.cfg
         C, N = cfg.n_views, cfg.n
         o_vs, c_vs, D = ctx.strides
-        means2d, conics, radii, o, col, offsets, ids, trans, ncontrib = ctx.saved_tensors
+        means2d, conics, radii, o, col, bg, offsets, ids, trans, ncontrib = ctx.saved_tensors
         g_image = torch.zeros(C, cfg.height, cfg.width, D) if g_image is None else g_image.contiguous()
-        g_trans = torch.zeros(C, cfg.height, cfg.width) if g_trans is None else g_trans.contiguous()
+        g_alpha = torch.zeros(C, cfg.height, cfg.width, 1) if g_alpha is None else g_alpha.contiguous()
         out_means2d = torch.empty(C, N, 2)
         out_conics = torch.empty(C, N, 3)
         out_opac = torch.empty(C, N)
         out_colors = torch.empty(C, N, D)
+        out_bg = torch.empty(C, D)
         lib.gft_composite_backward(
-            C, N, D, _ptr(means2d), _ptr(conics), _ptr(radii), _ptr(o), o_vs, _ptr(col), c_vs, cfg.width, cfg.height,
-            _ptr(offsets), _ptr(ids), _ptr(trans), _ptr(ncontrib), _ptr(g_image), _ptr(g_trans),
-            _ptr(out_means2d), _ptr(out_conics), _ptr(out_opac), _ptr(out_colors), cfg.threads,
+            C, N, D, _ptr(means2d), _ptr(conics), _ptr(radii), _ptr(o), o_vs, _ptr(col), c_vs, _ptr(bg),
+            cfg.width, cfg.height, _ptr(offsets), _ptr(ids), _ptr(trans), _ptr(ncontrib), _ptr(g_image), _ptr(g_alpha),
+            _ptr(out_means2d), _ptr(out_conics), _ptr(out_opac), _ptr(out_colors), _ptr(out_bg), cfg.threads,
         )
-        return out_means2d, out_conics, out_opac, out_colors, None, None, None, None
+        return out_means2d, out_conics, out_opac, out_colors, out_bg, None, None, None, None
 
 
 def math_ceil_div(a: int, b: int) -> int:
@@ -361,8 +378,8 @@ def rasterize(
     means2d, conics, sh_colors, depths, radii, offsets, ids = _Project.apply(
         means, quats, scales, opacities, coeffs, viewmats, Ks, cfg
     )
-    color, trans = _Composite.apply(
-        means2d, conics, opacities, sh_colors if sh_degree is not None else colors, radii, offsets, ids, cfg
+    image, alpha = _Composite.apply(
+        means2d, conics, opacities, sh_colors if sh_degree is not None else colors, backgrounds, radii, offsets, ids,
+        cfg,
     )
-    image = color + trans[..., None] * backgrounds[:, None, None, :]
-    return image, (1.0 - trans)[..., None], means2d, radii, depths
+    return image, alpha, means2d, radii, depths

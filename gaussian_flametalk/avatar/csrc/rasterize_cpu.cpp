@@ -178,6 +178,47 @@ inline void pixel_span(float mean, float r, int origin, int extent, int& lo, int
     hi = static_cast<int>(std::min(last, static_cast<float>(origin + extent - 1))) - origin;
 }
 
+// One Gaussian as seen from one tile: its screen-space parameters and the box columns / rows it covers there.
+struct Splat {
+    float mx, my, a, b, c, o, cut;  // cut = ln(255 o): opacity * exp(-sigma) >= 1/255 exactly where sigma <= cut
+    int c0, c1, r0, r1;              // tile-local pixel columns / rows within mean +- radii
+};
+
+inline Splat load_splat(const float* means2d, const float* conics, const int32_t* radii, float o, int64_t g, int ox,
+                        int oy, int w, int h) {
+    Splat s;
+    s.mx = means2d[g * 2];
+    s.my = means2d[g * 2 + 1];
+    s.a = conics[g * 3];
+    s.b = conics[g * 3 + 1];
+    s.c = conics[g * 3 + 2];
+    s.o = o;
+    s.cut = std::log(o * 255.f);
+    pixel_span(s.mx, float(radii[g * 2]), ox, w, s.c0, s.c1);
+    pixel_span(s.my, float(radii[g * 2 + 1]), oy, h, s.r0, s.r1);
+    return s;
+}
+
+// Tile-local columns [lo, hi] of the row at vertical offset dy = my - (row centre) where the Gaussian can reach the
+// 1/255 cut-off: the chord of the ellipse sigma <= cut, widened by a margin far above float32 rounding and clipped to
+// the box. Only a saving: each pixel of the chord still gets the exact alpha test, and pixels outside it have
+// sigma > cut (alpha < 1/255), so they would be skipped anyway. Forward and backward use the same chords.
+inline bool row_chord(const Splat& s, float dy, int ox, int& lo, int& hi) {
+    const float reach = 2.f * s.a * s.cut;  // sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2 <= cut, solved for dx
+    const float disc = dy * dy * (s.b * s.b - s.a * s.c) + reach * (1.f + 1e-3f);
+    if (disc < 0.f) return false;
+    const float half = std::sqrt(disc) / s.a;
+    const float centre = s.mx + s.b * dy / s.a;
+    const float margin = 0.02f + 1e-3f * half;
+    const float lim_lo = float(ox + s.c0), lim_hi = float(ox + s.c1);
+    const float first = std::max(std::ceil(centre - half - margin - 0.5f), lim_lo);
+    const float last = std::min(std::floor(centre + half + margin - 0.5f), lim_hi);
+    if (!(first <= last)) return false;
+    lo = int(first) - ox;
+    hi = int(last) - ox;
+    return true;
+}
+
 // Sortable 32-bit key of a float (monotone for every finite value).
 inline uint32_t float_key(float f) {
     uint32_t u;
@@ -185,11 +226,32 @@ inline uint32_t float_key(float f) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+#ifdef GFT_STATS
+std::atomic<int64_t> stat_pairs(0), stat_rows(0), stat_evals(0), stat_drawn(0);
+#define STAT(x) x
+#else
+#define STAT(x)
+#endif
+
 }  // namespace
 
 extern "C" {
+#ifdef GFT_STATS
+void gft_stats(int64_t* out) { out[0] = stat_pairs; out[1] = stat_rows; out[2] = stat_evals; out[3] = stat_drawn; }
+#endif
 
-int gft_abi_version() { return 1; }
+int gft_abi_version() { return 2; }
+
+// Number of non-finite values among n floats.
+int64_t gft_count_nonfinite(const float* x, int64_t n, int threads) {
+    std::atomic<int64_t> bad(0);
+    parallel_for(n, 1 << 18, threads, [&](int64_t b, int64_t e) {
+        int64_t count = 0;
+        for (int64_t i = b; i < e; ++i) count += !std::isfinite(x[i]);
+        if (count) bad += count;
+    });
+    return bad.load();
+}
 
 // EWA projection (+ SH colours when sh_degree >= 0) of every (view, Gaussian), and per-tile pair counts.
 // Writes means2d, conics, depths, radii, colors_out (C, N, 3; only with SH) and tile_offsets (prefix sums, length
@@ -291,197 +353,424 @@ int64_t gft_project_forward(int64_t C, int64_t N, const float* means, int64_t me
     return tile_offsets[n_tiles];
 }
 
-// Fill every tile's list with its Gaussians and sort each list front to back (depth, then Gaussian index).
+// Fill every tile's list with its Gaussians, front to back: the visible Gaussians are sorted once by (depth, flat
+// index) with a stable radix sort and dealt to their tiles in that order, so each list comes out sorted.
 void gft_bin_fill(int64_t C, int64_t N, const float* means2d, const int32_t* radii, const float* depths, int width,
                   int height, const int64_t* tile_offsets, int32_t* ids, int threads) {
+    (void)threads;
     const TileGrid grid{width, height, (width + TILE - 1) / TILE, (height + TILE - 1) / TILE};
     const int64_t tiles_per_view = int64_t(grid.tiles_x) * grid.tiles_y;
     const int64_t n_tiles = C * tiles_per_view;
-    std::vector<int64_t> cursor(tile_offsets, tile_offsets + n_tiles);
+    std::vector<uint32_t> keys, keys_tmp;
+    std::vector<int32_t> order, order_tmp;
     for (int64_t i = 0; i < C * N; ++i) {
         if (radii[i * 2] == 0 && radii[i * 2 + 1] == 0) continue;
+        keys.push_back(float_key(depths[i]));
+        order.push_back(static_cast<int32_t>(i));
+    }
+    const size_t V = keys.size();
+    keys_tmp.resize(V);
+    order_tmp.resize(V);
+    for (int shift = 0; shift < 32; shift += 8) {  // LSD radix sort, 4 stable passes of 8 bits
+        size_t count[257] = {0};
+        for (size_t i = 0; i < V; ++i) ++count[((keys[i] >> shift) & 0xffu) + 1];
+        for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
+        for (size_t i = 0; i < V; ++i) {
+            const size_t dst = count[(keys[i] >> shift) & 0xffu]++;
+            keys_tmp[dst] = keys[i];
+            order_tmp[dst] = order[i];
+        }
+        keys.swap(keys_tmp);
+        order.swap(order_tmp);
+    }
+    std::vector<int64_t> cursor(tile_offsets, tile_offsets + n_tiles);
+    for (size_t j = 0; j < V; ++j) {
+        const int64_t i = order[j];
         int x0, x1, y0, y1;
         tile_rect(means2d[i * 2], means2d[i * 2 + 1], float(radii[i * 2]), float(radii[i * 2 + 1]), grid, x0, x1, y0, y1);
         int64_t* row = cursor.data() + (i / N) * tiles_per_view;
         for (int y = y0; y < y1; ++y)
             for (int x = x0; x < x1; ++x) ids[row[int64_t(y) * grid.tiles_x + x]++] = static_cast<int32_t>(i);
     }
-    parallel_for(n_tiles, 4, threads, [&](int64_t begin, int64_t end) {
-        std::vector<uint64_t> keys;
-        for (int64_t t = begin; t < end; ++t) {
-            const int64_t s = tile_offsets[t], e = tile_offsets[t + 1];
-            if (e - s < 2) continue;
-            keys.resize(e - s);
-            for (int64_t k = s; k < e; ++k)
-                keys[k - s] = (uint64_t(float_key(depths[ids[k]])) << 32) | uint32_t(ids[k]);
-            std::sort(keys.begin(), keys.end());
-            for (int64_t k = s; k < e; ++k) ids[k] = static_cast<int32_t>(keys[k - s] & 0xffffffffu);
+}
+
+}  // extern "C"
+
+namespace {
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"  // the vector helpers below are internal and inlined: no ABI is crossed
+#endif
+
+// 8 pixels of a tile row as one vector (GCC / clang vector extensions: AVX2 in the avx2 clone, else SSE or NEON
+// pairs); a row of 16 pixels is two halves, each skipped when the Gaussian's chord misses it.
+constexpr int LANES = 8;
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+
+inline vf vload(const float* p) {
+    vf v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+inline vi vload(const int32_t* p) {
+    vi v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+inline void vstore(int32_t* p, vi v) { std::memcpy(p, &v, sizeof(v)); }
+inline vf vsplat(float x) { return vf{} + x; }
+inline vf vsel(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
+inline vi vsel(vi mask, vi a, vi b) { return (mask & a) | (~mask & b); }
+inline vf vmin(vf a, vf b) { return vsel(b < a, b, a); }  // std::min(a, b) lane by lane
+inline vf vmax(vf a, vf b) { return vsel(a < b, b, a); }  // std::max(a, b) lane by lane
+inline bool vany(vi m) {
+    uint64_t w[4];
+    std::memcpy(w, &m, sizeof(w));
+    return (w[0] | w[1] | w[2] | w[3]) != 0;
+}
+inline float vsum(vf v) {
+    float s = 0.f;
+    for (int i = 0; i < LANES; ++i) s += v[i];
+    return s;
+}
+const vi LANE = {0, 1, 2, 3, 4, 5, 6, 7};
+
+// exp(x) in float32 from basic arithmetic only (Cephes' range reduction and polynomial, about 1 ulp): vectorises,
+// and evaluates bitwise the same in the forward and the backward. x is clamped to [-32, 88], as the reference clamps
+// sigma at 32: every alpha below exp(-32) is under the 1/255 cut-off anyway, and the products of such alphas with
+// transmittances stay far from float32 denormals, whose arithmetic is ~100x slower on x86.
+inline vf vexp(vf x) {
+    x = vmax(vmin(x, vsplat(88.f)), vsplat(-32.f));
+    const float shifter = 12582912.f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
+    const vf n = (x * 1.44269504088896341f + shifter) - shifter;
+    vf r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    vf p = vsplat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const vf y = p * (r * r) + r + 1.f;
+    const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+    return y * (vf)bits;
+}
+
+inline vf row_sigma(const Splat& sp, vf dx, float dy) {
+    return 0.5f * (sp.a * dx * dx + sp.c * dy * dy) + sp.b * dx * dy;
+}
+
+// Per-Gaussian records for the compositing loops, one 64-byte-aligned block per (view, Gaussian) so that a tile's
+// list, which visits Gaussians in depth order (random in memory), touches one cache line per entry, not five:
+// [mx, my, a, b, c, opacity, ln(255 opacity), rx, ry, colour (D)].
+constexpr int REC_HEAD = 9;
+inline int record_stride(int D) { return (REC_HEAD + D + 15) / 16 * 16; }
+
+struct Records {
+    std::vector<float> storage;
+    float* data;
+    int stride;
+};
+
+void build_records(Records& R, int64_t C, int64_t N, int D, const float* means2d, const float* conics,
+                   const int32_t* radii, const float* opac, int64_t opac_vs, const float* colors, int64_t colors_vs,
+                   int threads) {
+    R.stride = record_stride(D);
+    R.storage.resize(size_t(C * N) * R.stride + 16);
+    const uintptr_t base = reinterpret_cast<uintptr_t>(R.storage.data());
+    R.data = R.storage.data() + ((64 - base % 64) % 64) / sizeof(float);
+    parallel_for(C * N, 4096, threads, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+            if (radii[i * 2] == 0 && radii[i * 2 + 1] == 0) continue;  // never listed in a tile
+            const int64_t v = i / N, n = i % N;
+            float* r = R.data + i * R.stride;
+            const float o = opac[v * opac_vs + n];
+            r[0] = means2d[i * 2];
+            r[1] = means2d[i * 2 + 1];
+            r[2] = conics[i * 3];
+            r[3] = conics[i * 3 + 1];
+            r[4] = conics[i * 3 + 2];
+            r[5] = o;
+            r[6] = std::log(o * 255.f);
+            r[7] = float(radii[i * 2]);
+            r[8] = float(radii[i * 2 + 1]);
+            std::memcpy(r + REC_HEAD, colors + v * colors_vs + n * D, sizeof(float) * D);
         }
     });
 }
 
-// Front-to-back compositing of the binned Gaussians (no background).
-void gft_composite_forward(int64_t C, int64_t N, int D, const float* means2d, const float* conics, const int32_t* radii,
-                           const float* opac, int64_t opac_vs, const float* colors, int64_t colors_vs, int width,
-                           int height, const int64_t* tile_offsets, const int32_t* ids, float* out_color,
-                           float* out_trans, int32_t* out_ncontrib, int threads) {
-    const TileGrid grid{width, height, (width + TILE - 1) / TILE, (height + TILE - 1) / TILE};
+inline Splat record_splat(const float* r, int ox, int oy, int w, int h) {
+    Splat s;
+    s.mx = r[0], s.my = r[1], s.a = r[2], s.b = r[3], s.c = r[4], s.o = r[5], s.cut = r[6];
+    pixel_span(s.mx, r[7], ox, w, s.c0, s.c1);
+    pixel_span(s.my, r[8], oy, h, s.r0, s.r1);
+    return s;
+}
+
+struct TileJob {
+    int64_t N, v, s, e;
+    int D, ox, oy, w, h, width, height;
+};
+
+inline TileJob tile_job(int64_t tile, int64_t N, int D, const TileGrid& grid, const int64_t* tile_offsets) {
     const int64_t tiles_per_view = int64_t(grid.tiles_x) * grid.tiles_y;
-    parallel_for(C * tiles_per_view, 1, threads, [&](int64_t begin, int64_t end) {
+    TileJob j;
+    j.N = N;
+    j.D = D;
+    j.v = tile / tiles_per_view;
+    const int64_t t = tile % tiles_per_view;
+    j.ox = int(t % grid.tiles_x) * TILE;
+    j.oy = int(t / grid.tiles_x) * TILE;
+    j.w = std::min(TILE, grid.width - j.ox);
+    j.h = std::min(TILE, grid.height - j.oy);
+    j.width = grid.width;
+    j.height = grid.height;
+    j.s = tile_offsets[tile];
+    j.e = tile_offsets[tile + 1];
+    return j;
+}
+
+constexpr int PREFETCH = 4;  // list entries ahead whose records are prefetched
+
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define GFT_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define GFT_CLONES
+#endif
+
+// One tile of the forward. For each Gaussian (front to back) and each row half its chord reaches, the 8 pixels are
+// updated independently under masks (stopped, outside the chord, below the cut-off).
+GFT_CLONES void composite_forward_tile(const TileJob& J, const Records& R, const int32_t* ids, const float* bg,
+                                       float* acc, float* out_color, float* out_alpha, float* out_trans,
+                                       int32_t* out_ncontrib) {
+    const int D = J.D;
+    alignas(64) float T[TILE_PIX];
+    alignas(64) int32_t nc[TILE_PIX];
+    alignas(64) int32_t done[TILE_PIX];
+    int row_done[TILE];
+    const vf px0 = __builtin_convertvector(LANE + J.ox, vf) + 0.5f;  // pixel centres of a row's first half
+    std::fill(acc, acc + size_t(TILE_PIX) * D, 0.f);
+    std::fill(T, T + TILE_PIX, 1.f);
+    std::fill(nc, nc + TILE_PIX, 0);
+    std::fill(done, done + TILE_PIX, 0);
+    std::fill(row_done, row_done + TILE, 0);
+    int active = J.w * J.h;
+    for (int64_t k = J.s; k < J.e && active > 0; ++k) {
+        if (k + PREFETCH < J.e) __builtin_prefetch(R.data + int64_t(ids[k + PREFETCH]) * R.stride);
+        const float* rec = R.data + int64_t(ids[k]) * R.stride;
+        const Splat sp = record_splat(rec, J.ox, J.oy, J.w, J.h);
+        const float* col = rec + REC_HEAD;
+        const int32_t pos = int32_t(k - J.s) + 1;
+        const float o = sp.o;
+        for (int r = sp.r0; r <= sp.r1; ++r) {
+            if (row_done[r] == J.w) continue;
+            const float dy = sp.my - (float(J.oy + r) + 0.5f);
+            int c0, c1;
+            if (!row_chord(sp, dy, J.ox, c0, c1)) continue;
+            for (int half = c0 / LANES; half <= c1 / LANES; ++half) {
+                const int base = r * TILE + half * LANES;
+                const vf dx = sp.mx - (px0 + float(half * LANES));
+                const vf alpha = vmin(vsplat(ALPHA_MAX), o * vexp(-row_sigma(sp, dx, dy)));
+                const vf Tv = vload(T + base);
+                const vi dnv = vload(done + base);
+                const vi lane_id = LANE + half * LANES;
+                const vi lane = (lane_id >= c0) & (lane_id <= c1) & (dnv == 0) & (alpha >= ALPHA_MIN);
+                const vf next = Tv * (1.f - alpha);
+                const vi stop = lane & (next <= T_MIN);
+                const vi draw = lane & ~stop;
+                const vf wgt = vsel(draw, alpha * Tv, vf{});
+                vstore(T + base, vsel(draw, next, Tv));
+                vstore(nc + base, vsel(draw, vi{} + pos, vload(nc + base)));
+                for (int d = 0; d < D; ++d) {
+                    float* a = acc + size_t(d) * TILE_PIX + base;
+                    vstore(a, vload(a) + wgt * col[d]);
+                }
+                if (vany(stop)) {  // rare: once per pixel at most
+                    vstore(done + base, dnv | stop);
+                    int stops = 0;
+                    for (int c = 0; c < LANES; ++c) stops -= stop[c];
+                    row_done[r] += stops;
+                    active -= stops;
+                }
+            }
+        }
+    }
+    for (int r = 0; r < J.h; ++r) {
+        const int64_t row = (J.v * J.height + J.oy + r) * int64_t(J.width) + J.ox;
+        for (int c = 0; c < J.w; ++c) {
+            const int p = r * TILE + c;
+            out_trans[row + c] = T[p];
+            out_alpha[row + c] = 1.f - T[p];
+            out_ncontrib[row + c] = nc[p];
+            float* o = out_color + (row + c) * D;
+            for (int d = 0; d < D; ++d) o[d] = acc[size_t(d) * TILE_PIX + p] + T[p] * bg[d];
+        }
+    }
+}
+
+// One tile of the backward: Gaussians back to front, the transmittance in front of each recovered by division, the
+// colour-gradient-weighted colour behind carried per pixel (S); per-lane gradient sums, reduced once per Gaussian.
+GFT_CLONES void composite_backward_tile(const TileJob& J, const Records& R, const int32_t* ids, const float* bg,
+                                        const float* trans, const int32_t* ncontrib, const float* grad_color,
+                                        const float* grad_alpha, float* gpix, float* lanes, float* pair_grad,
+                                        float* gbg) {
+    const int D = J.D;
+    const int stride = 6 + D;
+    alignas(64) float T[TILE_PIX];
+    alignas(64) float S[TILE_PIX];
+    alignas(64) int32_t nc[TILE_PIX];
+    int row_max[TILE];
+    const vf px0 = __builtin_convertvector(LANE + J.ox, vf) + 0.5f;
+    std::fill(T, T + TILE_PIX, 1.f);
+    std::fill(S, S + TILE_PIX, 0.f);
+    std::fill(nc, nc + TILE_PIX, 0);
+    std::fill(gpix, gpix + size_t(TILE_PIX) * D, 0.f);
+    std::fill(row_max, row_max + TILE, 0);
+    int32_t last = 0;
+    for (int r = 0; r < J.h; ++r) {
+        const int64_t row = (J.v * J.height + J.oy + r) * int64_t(J.width) + J.ox;
+        for (int c = 0; c < J.w; ++c) {
+            const int p = r * TILE + c;
+            T[p] = trans[row + c];
+            const float* gi = grad_color + (row + c) * D;
+            float g_t = -grad_alpha[row + c];  // dL/dT_final: alpha = 1 - T, image = colour + T bg
+            for (int d = 0; d < D; ++d) {
+                g_t += gi[d] * bg[d];
+                gbg[d] += gi[d] * T[p];
+                gpix[size_t(d) * TILE_PIX + p] = gi[d];
+            }
+            S[p] = g_t * T[p];
+            nc[p] = ncontrib[row + c];
+            row_max[r] = std::max(row_max[r], nc[p]);
+        }
+        last = std::max(last, row_max[r]);
+    }
+    if (J.e == J.s) return;
+    std::fill(pair_grad + (J.s + last) * stride, pair_grad + J.e * stride, 0.f);
+    for (int64_t k = J.s + last - 1; k >= J.s; --k) {
+        if (k - PREFETCH >= J.s) __builtin_prefetch(R.data + int64_t(ids[k - PREFETCH]) * R.stride);
+        const float* rec = R.data + int64_t(ids[k]) * R.stride;
+        const Splat sp = record_splat(rec, J.ox, J.oy, J.w, J.h);
+        const float* col = rec + REC_HEAD;
+        const float ca = sp.a, cb = sp.b, cc = sp.c, o = sp.o;
+        const int32_t pos = int32_t(k - J.s);
+        std::fill(lanes, lanes + size_t(D) * LANES, 0.f);
+        vf l_mx{}, l_my{}, l_a{}, l_b{}, l_c{}, l_o{};  // per-lane sums: means2d x, y, conic a, b, c, opacity
+        bool any = false;
+        for (int r = sp.r0; r <= sp.r1; ++r) {
+            if (pos >= row_max[r]) continue;
+            const float dy = sp.my - (float(J.oy + r) + 0.5f);
+            int c0, c1;
+            if (!row_chord(sp, dy, J.ox, c0, c1)) continue;
+            any = true;
+            for (int half = c0 / LANES; half <= c1 / LANES; ++half) {
+                const int base = r * TILE + half * LANES;
+                vf dot{};
+                for (int d = 0; d < D; ++d) dot += vload(gpix + size_t(d) * TILE_PIX + base) * col[d];
+                const vf dx = sp.mx - (px0 + float(half * LANES));
+                const vf G = vexp(-row_sigma(sp, dx, dy));
+                const vf raw = o * G;
+                const vf alpha = vmin(vsplat(ALPHA_MAX), raw);
+                const vi lane_id = LANE + half * LANES;
+                const vi lane = (lane_id >= c0) & (lane_id <= c1) & (vload(nc + base) > pos) & (alpha >= ALPHA_MIN);
+                const vf one_minus = 1.f - alpha;
+                const vf Tv = vload(T + base), Sv = vload(S + base);
+                const vf front = Tv / one_minus;
+                const vf wgt = alpha * front;
+                const vf galpha = front * dot - Sv / one_minus;
+                vstore(S + base, vsel(lane, Sv + wgt * dot, Sv));
+                vstore(T + base, vsel(lane, front, Tv));
+                const vf wl = vsel(lane, wgt, vf{});
+                const vf ga = vsel(lane & (raw < ALPHA_MAX), galpha, vf{});  // clamped alphas pass no gradient
+                const vf gs = -alpha * ga;  // dL/dsigma
+                l_o += G * ga;
+                l_mx += gs * (ca * dx + cb * dy);
+                l_my += gs * (cb * dx + cc * dy);
+                l_a += gs * 0.5f * dx * dx;
+                l_b += gs * dx * dy;
+                l_c += gs * 0.5f * dy * dy;
+                for (int d = 0; d < D; ++d) {
+                    float* ld = lanes + size_t(d) * LANES;
+                    vstore(ld, vload(ld) + wl * vload(gpix + size_t(d) * TILE_PIX + base));
+                }
+            }
+        }
+        float* out = pair_grad + k * stride;
+        if (!any) {
+            std::fill(out, out + stride, 0.f);
+            continue;
+        }
+        out[0] = vsum(l_mx);
+        out[1] = vsum(l_my);
+        out[2] = vsum(l_a);
+        out[3] = vsum(l_b);
+        out[4] = vsum(l_c);
+        out[5] = vsum(l_o);
+        for (int d = 0; d < D; ++d) out[6 + d] = vsum(vload(lanes + size_t(d) * LANES));
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Front-to-back compositing of the binned Gaussians over backgrounds (C, D): writes the image (C, H, W, D), alpha
+// (C, H, W) = 1 - final transmittance, the final transmittance itself and n_contrib (both kept for the backward).
+void gft_composite_forward(int64_t C, int64_t N, int D, const float* means2d, const float* conics, const int32_t* radii,
+                           const float* opac, int64_t opac_vs, const float* colors, int64_t colors_vs,
+                           const float* backgrounds, int width, int height, const int64_t* tile_offsets,
+                           const int32_t* ids, float* out_color, float* out_alpha, float* out_trans,
+                           int32_t* out_ncontrib, int threads) {
+    const TileGrid grid{width, height, (width + TILE - 1) / TILE, (height + TILE - 1) / TILE};
+    Records R;
+    build_records(R, C, N, D, means2d, conics, radii, opac, opac_vs, colors, colors_vs, threads);
+    const int64_t n_tiles = C * int64_t(grid.tiles_x) * grid.tiles_y;
+    parallel_for(n_tiles, 1, threads, [&](int64_t begin, int64_t end) {
         std::vector<float> acc(size_t(TILE_PIX) * D);
-        float T[TILE_PIX];
-        int32_t nc[TILE_PIX];
-        unsigned char done[TILE_PIX];
         for (int64_t tile = begin; tile < end; ++tile) {
-            const int64_t v = tile / tiles_per_view, t = tile % tiles_per_view;
-            const int ox = int(t % grid.tiles_x) * TILE, oy = int(t / grid.tiles_x) * TILE;
-            const int w = std::min(TILE, width - ox), h = std::min(TILE, height - oy);
-            std::fill(acc.begin(), acc.end(), 0.f);
-            std::fill(T, T + TILE_PIX, 1.f);
-            std::fill(nc, nc + TILE_PIX, 0);
-            std::fill(done, done + TILE_PIX, 0);
-            int active = w * h;
-            const int64_t s = tile_offsets[tile], e = tile_offsets[tile + 1];
-            for (int64_t k = s; k < e && active > 0; ++k) {
-                const int64_t g = ids[k];
-                const int64_t n = g - v * N;
-                const float mx = means2d[g * 2], my = means2d[g * 2 + 1];
-                const float ca = conics[g * 3], cb = conics[g * 3 + 1], cc = conics[g * 3 + 2];
-                const float o = opac[v * opac_vs + n];
-                const float* col = colors + v * colors_vs + n * D;
-                int c0, c1, r0, r1;
-                pixel_span(mx, float(radii[g * 2]), ox, w, c0, c1);
-                pixel_span(my, float(radii[g * 2 + 1]), oy, h, r0, r1);
-                const int32_t pos = int32_t(k - s) + 1;
-                for (int r = r0; r <= r1; ++r) {
-                    const float dy = my - (float(oy + r) + 0.5f);
-                    for (int c = c0; c <= c1; ++c) {
-                        const int p = r * TILE + c;
-                        if (done[p]) continue;
-                        const float dx = mx - (float(ox + c) + 0.5f);
-                        const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-                        const float alpha = std::min(ALPHA_MAX, o * std::exp(-sigma));
-                        if (alpha < ALPHA_MIN) continue;
-                        const float next = T[p] * (1.f - alpha);
-                        if (next <= T_MIN) {
-                            done[p] = 1;
-                            --active;
-                            continue;
-                        }
-                        const float wgt = alpha * T[p];
-                        float* a = acc.data() + size_t(p) * D;
-                        for (int d = 0; d < D; ++d) a[d] += wgt * col[d];
-                        T[p] = next;
-                        nc[p] = pos;
-                    }
-                }
-            }
-            for (int r = 0; r < h; ++r) {
-                const int64_t row = (v * height + oy + r) * int64_t(width) + ox;
-                for (int c = 0; c < w; ++c) {
-                    const int p = r * TILE + c;
-                    out_trans[row + c] = T[p];
-                    out_ncontrib[row + c] = nc[p];
-                    std::memcpy(out_color + (row + c) * D, acc.data() + size_t(p) * D, sizeof(float) * D);
-                }
-            }
+            const TileJob J = tile_job(tile, N, D, grid, tile_offsets);
+            composite_forward_tile(J, R, ids, backgrounds + J.v * D, acc.data(), out_color, out_alpha, out_trans,
+                                   out_ncontrib);
         }
     });
 }
 
-// Backward of gft_composite_forward: given dL/d(colour image) (C, H, W, D) and dL/d(transmittance) (C, H, W), writes
-// dL/d means2d (C, N, 2), conics (C, N, 3), opacities (C, N) and colours (C, N, D) (all overwritten, full per view).
+// Backward of gft_composite_forward: given dL/d image (C, H, W, D) and dL/d alpha (C, H, W), writes dL/d means2d
+// (C, N, 2), conics (C, N, 3), opacities (C, N), colours (C, N, D) and backgrounds (C, D) (overwritten, full per view).
 void gft_composite_backward(int64_t C, int64_t N, int D, const float* means2d, const float* conics,
                             const int32_t* radii, const float* opac, int64_t opac_vs, const float* colors,
-                            int64_t colors_vs, int width, int height, const int64_t* tile_offsets, const int32_t* ids,
-                            const float* trans, const int32_t* ncontrib, const float* grad_color,
-                            const float* grad_trans, float* g_means2d, float* g_conics, float* g_opac, float* g_colors,
+                            int64_t colors_vs, const float* backgrounds, int width, int height,
+                            const int64_t* tile_offsets, const int32_t* ids, const float* trans,
+                            const int32_t* ncontrib, const float* grad_color, const float* grad_alpha,
+                            float* g_means2d, float* g_conics, float* g_opac, float* g_colors, float* g_background,
                             int threads) {
     const TileGrid grid{width, height, (width + TILE - 1) / TILE, (height + TILE - 1) / TILE};
+    Records R;
+    build_records(R, C, N, D, means2d, conics, radii, opac, opac_vs, colors, colors_vs, threads);
     const int64_t tiles_per_view = int64_t(grid.tiles_x) * grid.tiles_y;
     const int64_t n_tiles = C * tiles_per_view;
     const int64_t P = tile_offsets[n_tiles];
     const int stride = 6 + D;  // per pair: means2d (2), conic (3), opacity (1), colour (D)
     std::vector<float> pair_grad(size_t(P) * stride);
+    std::vector<float> tile_bg(size_t(n_tiles) * D, 0.f);  // per tile: sum over pixels of dL/d image * T_final
 
     parallel_for(n_tiles, 1, threads, [&](int64_t begin, int64_t end) {
-        std::vector<float> gpix(size_t(TILE_PIX) * D), gcol(D);
-        float T[TILE_PIX], S[TILE_PIX];
-        int32_t nc[TILE_PIX];
+        std::vector<float> gpix(size_t(TILE_PIX) * D), lanes(size_t(D) * LANES);
         for (int64_t tile = begin; tile < end; ++tile) {
-            const int64_t v = tile / tiles_per_view, t = tile % tiles_per_view;
-            const int ox = int(t % grid.tiles_x) * TILE, oy = int(t / grid.tiles_x) * TILE;
-            const int w = std::min(TILE, width - ox), h = std::min(TILE, height - oy);
-            const int64_t s = tile_offsets[tile], e = tile_offsets[tile + 1];
-            if (e == s) continue;
-            int32_t last = 0;
-            std::fill(nc, nc + TILE_PIX, 0);
-            for (int r = 0; r < h; ++r) {
-                const int64_t row = (v * height + oy + r) * int64_t(width) + ox;
-                for (int c = 0; c < w; ++c) {
-                    const int p = r * TILE + c;
-                    T[p] = trans[row + c];
-                    S[p] = grad_trans[row + c] * T[p];
-                    nc[p] = ncontrib[row + c];
-                    last = std::max(last, nc[p]);
-                    std::memcpy(gpix.data() + size_t(p) * D, grad_color + (row + c) * D, sizeof(float) * D);
-                }
-            }
-            std::fill(pair_grad.begin() + (s + last) * stride, pair_grad.begin() + e * stride, 0.f);
-            for (int64_t k = s + last - 1; k >= s; --k) {
-                const int64_t g = ids[k];
-                const int64_t n = g - v * N;
-                const float mx = means2d[g * 2], my = means2d[g * 2 + 1];
-                const float ca = conics[g * 3], cb = conics[g * 3 + 1], cc = conics[g * 3 + 2];
-                const float o = opac[v * opac_vs + n];
-                const float* col = colors + v * colors_vs + n * D;
-                int c0, c1, r0, r1;
-                pixel_span(mx, float(radii[g * 2]), ox, w, c0, c1);
-                pixel_span(my, float(radii[g * 2 + 1]), oy, h, r0, r1);
-                const int32_t pos = int32_t(k - s);
-                float gmx = 0.f, gmy = 0.f, ga = 0.f, gb = 0.f, gc = 0.f, go = 0.f;
-                std::fill(gcol.begin(), gcol.end(), 0.f);
-                for (int r = r0; r <= r1; ++r) {
-                    const float dy = my - (float(oy + r) + 0.5f);
-                    for (int c = c0; c <= c1; ++c) {
-                        const int p = r * TILE + c;
-                        if (pos >= nc[p]) continue;
-                        const float dx = mx - (float(ox + c) + 0.5f);
-                        const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-                        const float G = std::exp(-sigma);
-                        const float raw = o * G;
-                        const float alpha = std::min(ALPHA_MAX, raw);
-                        if (alpha < ALPHA_MIN) continue;
-                        const float one_minus = 1.f - alpha;
-                        const float front = T[p] / one_minus;
-                        const float wgt = alpha * front;
-                        const float* gp = gpix.data() + size_t(p) * D;
-                        float dot = 0.f;
-                        for (int d = 0; d < D; ++d) {
-                            gcol[d] += wgt * gp[d];
-                            dot += gp[d] * col[d];
-                        }
-                        const float galpha = front * dot - S[p] / one_minus;
-                        S[p] += wgt * dot;
-                        T[p] = front;
-                        if (raw < ALPHA_MAX) {
-                            go += G * galpha;
-                            const float gs = -alpha * galpha;  // dL/dsigma
-                            gmx += gs * (ca * dx + cb * dy);
-                            gmy += gs * (cb * dx + cc * dy);
-                            ga += gs * 0.5f * dx * dx;
-                            gb += gs * dx * dy;
-                            gc += gs * 0.5f * dy * dy;
-                        }
-                    }
-                }
-                float* out = pair_grad.data() + size_t(k) * stride;
-                out[0] = gmx, out[1] = gmy, out[2] = ga, out[3] = gb, out[4] = gc, out[5] = go;
-                for (int d = 0; d < D; ++d) out[6 + d] = gcol[d];
-            }
+            const TileJob J = tile_job(tile, N, D, grid, tile_offsets);
+            composite_backward_tile(J, R, ids, backgrounds + J.v * D, trans, ncontrib, grad_color, grad_alpha,
+                                    gpix.data(), lanes.data(), pair_grad.data(), tile_bg.data() + tile * D);
         }
     });
 
+    for (int64_t v = 0; v < C; ++v)
+        for (int d = 0; d < D; ++d) {
+            float sum = 0.f;
+            for (int64_t t = 0; t < tiles_per_view; ++t) sum += tile_bg[(v * tiles_per_view + t) * D + d];
+            g_background[v * D + d] = sum;
+        }
     std::memset(g_means2d, 0, sizeof(float) * C * N * 2);
     std::memset(g_conics, 0, sizeof(float) * C * N * 3);
     std::memset(g_opac, 0, sizeof(float) * C * N);
