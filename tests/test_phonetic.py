@@ -238,6 +238,14 @@ def test_phonetic_sync_finds_planted_delay_and_rejects_other_phones():
     for k in (-4, 3, 7):  # sound late by k frames
         late = phonetic_sync(opening, _shift_segments(segs, k), FPS)
         assert late["offset"] == k and late["peak"] > 0.7
+    # beyond loudness: a loudness that follows the openness only in part (plus its own syllable rhythm)
+    rng = np.random.default_rng(5)
+    ex = expected_openness(segs, opening.size, FPS)["expected"]
+    loudness = 0.6 * ex + 0.4 * np.convolve(rng.random(opening.size), np.hanning(5), "same")
+    assert phonetic_sync(opening, segs, FPS, envelope=loudness)["beyond_loudness"] > 0.5  # lips follow the phones
+    gamed = phonetic_sync(loudness, segs, FPS, envelope=loudness)  # a mouth that opens with loudness
+    assert gamed["offset"] == 0 and gamed["peak"] > 0.5 and abs(gamed["beyond_loudness"]) < 1e-6
+    assert own["beyond_loudness"] is None  # no envelope given
     other = phonetic_sync(opening, _synthetic_track(1)[0], FPS)
     assert other["peak"] < 0.3 and other["peak_minus_median"] < own["peak_minus_median"] - 0.4
     silent = phonetic_sync(opening, [("SIL", 0.0, 16.0)], FPS)
@@ -257,7 +265,8 @@ def test_eval_reports_the_phonetic_score():
     rng = np.random.default_rng(0)
     pts = rng.uniform(100, 300, (60, 68, 2))
     res = _phonetic_sync(pts, rng.normal(0, 0.05, 60 * HOP).astype(np.float32), FPS, 15)
-    assert {"score", "offset", "peak", "peak_minus_median", "vowel_bilabial_auc"} <= set(res)
+    assert {"score", "offset", "peak", "peak_minus_median", "vowel_bilabial_auc", "beyond_loudness"} <= set(res)
+    assert isinstance(res["beyond_loudness"], float)
     rows = dict(summary_rows([{"lipsync": {"phonetic": res}}]))
     assert "phonetic sync peak" in rows and "phonetic sync offset (frames)" in rows
     assert "unavailable" in _phonetic_sync(pts[:10], np.zeros(10 * HOP, np.float32), FPS, 15)
@@ -298,6 +307,7 @@ def german(shared_dir):
 
 
 def test_german_clip_own_sound_beats_english_speech_and_delay_is_found(german, shared_dir):
+    from gaussian_flametalk.eval.lipsync import speech_envelope
     from gaussian_flametalk.flametalk.audio import load_audio
 
     opening, wave = german["opening"], german["wave"]
@@ -311,6 +321,12 @@ def test_german_clip_own_sound_beats_english_speech_and_delay_is_found(german, s
     assert foreign["peak"] < own["peak"] - 0.15, (foreign["peak"], own["peak"])
     late = phonetic_sync(opening, decode_phones(_delay(wave, 5)), FPS)
     assert abs(late["offset"] - 5) <= 1 and late["peak"] > own["peak"] - 0.1
+    # a mouth that opens with loudness matches the phones about as well, but nothing beyond the loudness
+    env = speech_envelope(wave, len(opening), FPS)
+    loud = np.maximum(env - env.max() + 40, 0) / 40
+    real = phonetic_sync(opening, german["segments"], FPS, envelope=env)
+    gamed = phonetic_sync(loud, german["segments"], FPS, envelope=env)
+    assert gamed["peak"] > 0.35 and real["beyond_loudness"] > 0.25 > 0.1 > gamed["beyond_loudness"], (real, gamed)
 
 
 def test_english_clip_own_sound_beats_other_speech(shared_dir):
