@@ -290,6 +290,20 @@ def test_fallback_to_the_reference_warns_once(broken_kernel):
     assert rasterize_cpu.cpu_status()["available"] is False
 
 
+def test_doctor_reports_the_fallback(broken_kernel):
+    from gaussian_flametalk.scripts import doctor
+
+    check = doctor.check_cpu_rasterizer()
+    assert check.ok is False and "reference" in check.detail and "no C++ compiler" in check.detail
+
+
+def test_doctor_reports_the_compiled_kernel():
+    from gaussian_flametalk.scripts import doctor
+
+    check = doctor.check_cpu_rasterizer()
+    assert check.ok is True and "compiled kernel" in check.detail and check.info["library"].endswith(".so")
+
+
 def test_cpu_status_reports_the_library():
     status = rasterize_cpu.cpu_status()
     assert status["available"] is True and status["error"] is None

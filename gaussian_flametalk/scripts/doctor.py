@@ -1,6 +1,7 @@
 """``gft doctor``: what works on this machine.
 
-Reports torch and its devices, CUDA, gsplat (importable, CUDA extension built), landmark backends that
+Reports torch and its devices, CUDA, gsplat (importable, CUDA extension built), the CPU rasterizer (the compiled
+kernel or the PyTorch reference, and why), landmark backends that
 run offline, head models found (flags or GFT_FLAME / GFT_ICT), audio encoders cached locally, and the
 bundled ffmpeg. Only a broken core (torch, this package) makes the exit status non-zero.
 """
@@ -88,14 +89,27 @@ def check_gsplat(build: bool) -> Check:
 
     status = gsplat_status(build=build)
     if not status["importable"]:
-        return Check("gsplat", False, f"not importable ({status.get('error', 'not installed')}); the CPU reference renders", info=status)
+        return Check("gsplat", False, f"not importable ({status.get('error', 'not installed')}); the CPU backend renders", info=status)
     if not status["cuda"]:
-        return Check("gsplat", None, f"{status['version']} imports; no CUDA, so the PyTorch reference renders", info=status)
+        return Check("gsplat", None, f"{status['version']} imports; no CUDA, so the CPU backend renders (below)", info=status)
     if status.get("extension") is None:
         return Check("gsplat", None, f"{status['version']} imports; CUDA extension not checked (use --build-gsplat)", info=status)
     ok = bool(status["extension"])
     detail = "CUDA extension loads" if ok else f"CUDA extension fails: {status.get('error', '')}"
     return Check("gsplat", ok, f"{status['version']}, {detail}", info=status)
+
+
+def check_cpu_rasterizer() -> Check:
+    """Which backend renders float32 CPU tensors (``backend="auto"``): the compiled kernel, or the reference and why."""
+    from ..avatar.rasterize_cpu import cpu_status
+
+    status = cpu_status(build=True)  # compiles on the first run on a machine (seconds), then loads the cached build
+    if status["available"]:
+        how = "compiled now" if status["built_now"] else "cached build"
+        return Check("CPU rasterizer", True, f"compiled kernel ({how}: {status['library']}; {status['compiler']}; "
+                     f"{status['threads']} threads)", info=status)
+    return Check("CPU rasterizer", False, f"the PyTorch reference renders (about 10x slower): {status['error']}",
+                 info=status)
 
 
 def check_mediapipe() -> Check:
@@ -189,6 +203,7 @@ def run_checks(config: DoctorConfig) -> list[Check]:
     checks += [
         _guard("CUDA", check_cuda),
         _guard("gsplat", lambda: check_gsplat(config.build_gsplat)),
+        _guard("CPU rasterizer", check_cpu_rasterizer),
         _guard("landmarks: mediapipe", check_mediapipe),
         _guard("landmarks: face-alignment", check_face_alignment),
         _guard("head model: synthetic", check_synthetic),
