@@ -28,8 +28,8 @@ Features
 For feature ``k`` at time ``(k + 0.5) / (2 fps)`` (the encoders' half-frame grid): the 100 Hz one-hot phone labels
 averaged with a triangular kernel of half-width ``kernel_s`` (40 ms; the weights of the frames whose centres lie
 within it, normalised), i.e. a soft one-hot over :data:`PHONES` (42 channels), then the same weights applied to the
-viseme classes of :data:`VISEMES` (11 channels) and to the expected openness of :data:`OPENNESS` (1 channel):
-:data:`N_FEATURES` = 54 channels in [0, 1]. Times past the end of the audio read as silence.
+viseme classes of :data:`VISEMES` (12 channels) and to the expected openness of :data:`OPENNESS` (1 channel):
+:data:`N_FEATURES` = 55 channels in [0, 1]. Times past the end of the audio read as silence.
 
 Encoder and latency
 -------------------
@@ -40,14 +40,14 @@ training crop, zero-padded at the clip's ends) takes its phones from that decodi
 re-decode (``gft train-talk`` would call ``prepare`` on each subject's audio; without it every new crop is
 decoded once and then cached). Streaming/windowed inference (:class:`~.model.StreamingPredictor`) gives each window
 ``context_samples`` of audio on both sides: the decoder's lookahead ``lookahead_s`` (1 s) plus the kernel,
-convolution reach and interpolation step, 18240 samples = 1.14 s (29 frames at 25 fps; ``mel``'s is 0.18 s). Measured
-on ../shared v1 and v2: decoding 4 s windows with 1 s either side labels 86-88 % of the half-frames with the phone
-the whole-clip decoding gives (0.5 s: 79-83 %, 0.25 s: 77-84 %; the rest are boundary shifts of a frame or two and
-substitutions between similar phones), and 30 s windows stitched as above agree with one-pass decoding on 83-90 %.
-The streaming latency it adds is that context (the first frames of a ``window``-frame window come out after
-``window + 29`` frames of audio instead of ``window + 5``) plus the decoding time of a window: PocketSphinx runs at
-about 0.07-0.1 x real time on one CPU core (1.4-1.9 s for a 20 s clip), about 0.6 s for a 4 s window with its
-context.
+convolution reach and interpolation step, 18240 samples = 1.14 s (29 frames at 25 fps; ``mel``'s is 0.17 s, 5
+frames). Measured on ../shared v1 and v2: decoding 4 s windows with 1 s either side labels 86-88 % of the
+half-frames with the phone the whole-clip decoding gives (0.5 s: 79-83 %, 0.25 s: 77-84 %; the rest are boundary
+shifts of a frame or two and substitutions between similar phones), and 8 s windows overlapping by 2 s, stitched as
+above, agree with one-pass decoding on 83-90 %. The streaming latency it adds is that context (the first frames of
+a ``window``-frame window come out after ``window + 29`` frames of audio instead of ``window + 5``) plus the
+decoding time of a window: PocketSphinx runs at about 0.07-0.1 x real time on one CPU core (1.4-1.9 s for a 20 s
+clip), 0.3-0.6 s for a 4 s window with its context.
 
 ``mel+phonetic`` (:class:`MelPhoneticEncoder`): the ``mel`` stream (PESTalk's frequency stream) and the phonetic
 stream (the pretrained speech model), each ``dim`` channels, concatenated: ``2 dim`` features.
@@ -338,7 +338,7 @@ class PhoneticEncoder(AudioEncoder):
             (layers * (kernel // 2) + 1) * SAMPLE_RATE // 50
         self.cache_size = cache_size
         self._cache: OrderedDict[str, list[Segment]] = OrderedDict()
-        self._sources: list[tuple[np.ndarray, list[Segment], dict[float, np.ndarray]]] = []
+        self._sources: list[tuple[np.ndarray, list[Segment]]] = []
         self.decodes = 0  # how many waveforms were actually decoded (the rest came from the caches)
 
     def init_config(self) -> dict:
@@ -351,8 +351,8 @@ class PhoneticEncoder(AudioEncoder):
         """Decode a whole clip once; later inputs that are exact pieces of it reuse that decoding."""
         x = self._as_numpy(wave)
         segs = self.segments(x)
-        if not any(src.size == x.size and np.array_equal(src, x) for src, _, _ in self._sources):
-            self._sources.append((x.copy(), segs, {}))
+        if not any(src.size == x.size and np.array_equal(src, x) for src, _ in self._sources):
+            self._sources.append((x.copy(), segs))
         return segs
 
     @staticmethod
@@ -368,11 +368,14 @@ class PhoneticEncoder(AudioEncoder):
             return None
         j = int(nz[0])
         probe = x[j: j + 16]
-        for src, segs, _ in self._sources:
-            cand = np.flatnonzero(src == probe[0])
-            for c in cand[:256]:
-                if c + probe.size > src.size or not np.array_equal(src[c: c + probe.size], probe):
-                    continue
+        for src, segs in self._sources:
+            if src.size < probe.size:
+                continue
+            m = src.size - probe.size + 1
+            hit = src[:m] == probe[0]
+            for i in range(1, probe.size):  # positions where all 16 samples match (vectorised)
+                hit &= src[i: m + i] == probe[i]
+            for c in np.flatnonzero(hit)[:64]:
                 o = int(c) - j  # sample of src at x[0]
                 lo, hi = max(o, 0), min(o + x.size, src.size)
                 if hi <= lo or not np.array_equal(x[lo - o: hi - o], src[lo:hi]):
