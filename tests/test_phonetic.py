@@ -33,7 +33,10 @@ needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
 
 
 def _speak(text: str, pad_s: float = 0.5) -> np.ndarray:
-    from gaussian_flametalk.scripts.demo_subject import synthesize
+    try:
+        from gaussian_flametalk.demo_subject.subject import synthesize
+    except ImportError:  # before the demo moved out of scripts/
+        from gaussian_flametalk.scripts.demo_subject import synthesize
 
     pad = np.zeros(int(pad_s * SAMPLE_RATE), np.float32)
     return np.concatenate([pad, synthesize(text), pad])
