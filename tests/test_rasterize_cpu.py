@@ -235,6 +235,10 @@ def test_auto_picks_the_kernel_for_float32_cpu_and_the_reference_for_float64():
     with pytest.raises(ValueError, match="cpu backend needs float32 CPU tensors"):
         render(**f64, camera=cam.to(dtype=F64), backend="cpu")
     assert rasterize.select_backend("cpu", torch.device("cpu"), F32) == "cpu"
+    cam_grad = Camera(cam.viewmat.clone().requires_grad_(), cam.K, cam.width, cam.height)  # no camera gradients here
+    assert render(**tensors, camera=cam_grad)[2].backend == "reference"
+    with pytest.raises(ValueError, match="no camera gradients"):
+        render(**tensors, camera=cam_grad, backend="cpu")
 
 
 def test_fresh_build_into_an_empty_cache(tmp_path, monkeypatch):

@@ -117,6 +117,8 @@ def render(
             CPU tensors when it builds, else the reference), "gsplat", "cpu" or "reference".
         eps2d: low-pass dilation added to the 2D covariances' diagonal.
         num_threads: threads of the cpu backend (default ``torch.get_num_threads()``); ignored by the others.
+            The cpu backend differentiates means, quats, scales, opacities, colours / SH and the background, not the
+            camera (``auto`` uses the reference when the camera requires grad) nor ``info.depths``.
     Returns:
         image (H, W, D) and alpha (H, W, 1) for one camera, (C, H, W, D) and (C, H, W, 1) for a sequence; and the
         :class:`RenderInfo` (always with a leading camera dim).
@@ -152,6 +154,10 @@ def render(
         if t.dtype != dtype or t.device != device:
             raise ValueError(f"{name} is {t.dtype} on {t.device}, expected {dtype} on {device} like means")
     chosen = select_backend(backend, device, dtype)
+    if chosen == "cpu" and (viewmats.requires_grad or Ks.requires_grad):  # the kernel has no camera gradients
+        if backend == "cpu":
+            raise ValueError("the cpu backend has no camera gradients; use backend='reference' for a camera that requires grad")
+        chosen = "reference"
     _check_finite(named, chosen)
 
     item_dims = {"means": 1, "quats": 1, "scales": 1, "opacities": 0, "colors": 1 if sh_degree is None else 2}
