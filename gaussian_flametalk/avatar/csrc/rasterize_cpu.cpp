@@ -181,34 +181,20 @@ inline void pixel_span(float mean, float r, int origin, int extent, int& lo, int
 // One Gaussian as seen from one tile: its screen-space parameters and the box columns / rows it covers there.
 struct Splat {
     float mx, my, a, b, c, o, cut;  // cut = ln(255 o): opacity * exp(-sigma) >= 1/255 exactly where sigma <= cut
+    float inv_a, q, reach;           // 1 / a, b^2 - a c, 2 a cut (1 + 1e-3): the chords' per-Gaussian constants
     int c0, c1, r0, r1;              // tile-local pixel columns / rows within mean +- radii
 };
-
-inline Splat load_splat(const float* means2d, const float* conics, const int32_t* radii, float o, int64_t g, int ox,
-                        int oy, int w, int h) {
-    Splat s;
-    s.mx = means2d[g * 2];
-    s.my = means2d[g * 2 + 1];
-    s.a = conics[g * 3];
-    s.b = conics[g * 3 + 1];
-    s.c = conics[g * 3 + 2];
-    s.o = o;
-    s.cut = std::log(o * 255.f);
-    pixel_span(s.mx, float(radii[g * 2]), ox, w, s.c0, s.c1);
-    pixel_span(s.my, float(radii[g * 2 + 1]), oy, h, s.r0, s.r1);
-    return s;
-}
 
 // Tile-local columns [lo, hi] of the row at vertical offset dy = my - (row centre) where the Gaussian can reach the
 // 1/255 cut-off: the chord of the ellipse sigma <= cut, widened by a margin far above float32 rounding and clipped to
 // the box. Only a saving: each pixel of the chord still gets the exact alpha test, and pixels outside it have
 // sigma > cut (alpha < 1/255), so they would be skipped anyway. Forward and backward use the same chords.
 inline bool row_chord(const Splat& s, float dy, int ox, int& lo, int& hi) {
-    const float reach = 2.f * s.a * s.cut;  // sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2 <= cut, solved for dx
-    const float disc = dy * dy * (s.b * s.b - s.a * s.c) + reach * (1.f + 1e-3f);
+    // sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2 <= cut, solved for dx (the discriminant widened by 0.1 %)
+    const float disc = dy * dy * s.q + s.reach;
     if (disc < 0.f) return false;
-    const float half = std::sqrt(disc) / s.a;
-    const float centre = s.mx + s.b * dy / s.a;
+    const float half = std::sqrt(disc) * s.inv_a;
+    const float centre = s.mx + s.b * dy * s.inv_a;
     const float margin = 0.02f + 1e-3f * half;
     const float lim_lo = float(ox + s.c0), lim_hi = float(ox + s.c1);
     const float first = std::max(std::ceil(centre - half - margin - 0.5f), lim_lo);
@@ -464,8 +450,8 @@ inline vf row_sigma(const Splat& sp, vf dx, float dy) {
 
 // Per-Gaussian records for the compositing loops, one 64-byte-aligned block per (view, Gaussian) so that a tile's
 // list, which visits Gaussians in depth order (random in memory), touches one cache line per entry, not five:
-// [mx, my, a, b, c, opacity, ln(255 opacity), rx, ry, colour (D)].
-constexpr int REC_HEAD = 9;
+// [mx, my, a, b, c, opacity, ln(255 opacity), rx, ry, 1 / a, b^2 - a c, 2 a ln(255 opacity) (1 + 1e-3), colour (D)].
+constexpr int REC_HEAD = 12;
 inline int record_stride(int D) { return (REC_HEAD + D + 15) / 16 * 16; }
 
 struct Records {
@@ -496,6 +482,9 @@ void build_records(Records& R, int64_t C, int64_t N, int D, const float* means2d
             r[6] = std::log(o * 255.f);
             r[7] = float(radii[i * 2]);
             r[8] = float(radii[i * 2 + 1]);
+            r[9] = 1.f / r[2];
+            r[10] = r[3] * r[3] - r[2] * r[4];
+            r[11] = 2.f * r[2] * r[6] * (1.f + 1e-3f);
             std::memcpy(r + REC_HEAD, colors + v * colors_vs + n * D, sizeof(float) * D);
         }
     });
@@ -504,6 +493,7 @@ void build_records(Records& R, int64_t C, int64_t N, int D, const float* means2d
 inline Splat record_splat(const float* r, int ox, int oy, int w, int h) {
     Splat s;
     s.mx = r[0], s.my = r[1], s.a = r[2], s.b = r[3], s.c = r[4], s.o = r[5], s.cut = r[6];
+    s.inv_a = r[9], s.q = r[10], s.reach = r[11];
     pixel_span(s.mx, r[7], ox, w, s.c0, s.c1);
     pixel_span(s.my, r[8], oy, h, s.r0, s.r1);
     return s;
