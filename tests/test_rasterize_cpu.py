@@ -4,6 +4,7 @@ gradient on many scenes, its build and cache, thread counts, backend selection a
 from __future__ import annotations
 
 import math
+import tempfile
 import warnings
 
 import pytest
@@ -250,6 +251,14 @@ def test_fresh_build_into_an_empty_cache(tmp_path, monkeypatch):
     second = rasterize_cpu._build_and_load()
     assert not second.built_now and second.path == first.path
     assert [p.name for p in (tmp_path / "cpu-rasterizer").iterdir()] == [first.path.name]  # no temporary left over
+
+
+def test_unwritable_cache_falls_back_to_the_temp_dir(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("GFT_CACHE", str(blocker))
+    folder = rasterize_cpu._build_dir()
+    assert folder.is_dir() and str(folder).startswith(tempfile.gettempdir()) and blocker not in folder.parents
 
 
 def test_no_compiler_is_a_clear_error(tmp_path, monkeypatch):

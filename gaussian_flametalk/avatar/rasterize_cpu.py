@@ -2,13 +2,17 @@
 
 The kernel (``csrc/rasterize_cpu.cpp``, one translation unit) does the whole forward pass — EWA projection with the
 Jacobian clamp and ``eps2d`` dilation, SH evaluation, tile binning with a per-tile depth sort, front-to-back
-compositing with early termination — and its analytic backward, on raw float32 buffers. Two autograd functions wrap
+compositing with early termination — and its analytic backward, on raw float32 buffers: threads over Gaussians for
+the projection and over 16x16 tiles for the compositing (each tile's pixel rows as SIMD lanes; the backward writes
+one gradient record per (tile, Gaussian) pair and reduces them per Gaussian, so no atomics and the results do not
+depend on the thread count). Two autograd functions wrap
 it: :class:`_Project` (means, quats, scales, SH -> means2d, conics, colours) and :class:`_Composite` (screen-space
 Gaussians -> image and transmittance), so that ``means2d`` is an intermediate tensor whose retained ``.grad`` is the
 screen-space gradient densification uses, exactly as with the reference.
 
 Build: on first use the source is compiled with the system C++ compiler (``$CXX``, else ``c++``, ``g++`` or
-``clang++``) into ``$GFT_CACHE/cpu-rasterizer`` (default ``~/.cache/gaussian-flametalk/cpu-rasterizer``), named by a
+``clang++``) into ``$GFT_CACHE/cpu-rasterizer`` (default ``~/.cache/gaussian-flametalk/cpu-rasterizer``; a folder in
+the temporary directory when that is not writable), named by a
 hash of the source, flags and compiler, and loaded with :mod:`ctypes`. It has a plain C ABI and includes neither
 Python nor torch headers, so it compiles in a few seconds, needs no ninja or pybind11, and one build serves every torch
 version. Threads are ``std::thread`` (``torch.get_num_threads()`` of them unless told otherwise), not OpenMP: the
@@ -25,6 +29,7 @@ import os
 import platform
 import shutil
 import subprocess
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +40,14 @@ from torch.autograd.function import once_differentiable
 SOURCE = Path(__file__).parent / "csrc" / "rasterize_cpu.cpp"
 ABI_VERSION = 2
 TILE_SIZE = 16
-# -fno-math-errno lets sqrt/exp inline (results unchanged); no -ffast-math (it would reorder the compositing sums and
-# drop NaN/inf handling) and no -march=native (a cached build could then be loaded on another CPU of a shared home).
-CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
+# -fno-math-errno and -fno-trapping-math let the compiler inline sqrt and turn masked lanes into selects (results
+# unchanged); -ffp-contract=off keeps every float operation individually rounded, so the forward and the backward
+# compute bitwise the same alphas and hence the same cut-off decisions. No -ffast-math (reordered sums, no NaN
+# handling) and no -march=native (a cached build could be loaded on another CPU of a shared home directory): the
+# compositing loops get an AVX2 variant through target_clones, picked when the library loads (x86-64 Linux).
+CXX_FLAGS = (
+    "-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
+)
 BUILD_TIMEOUT_S = 300
 
 __all__ = ["cache_dir", "cpu_loadable", "cpu_status", "load_library", "rasterize"]
@@ -48,6 +58,19 @@ def cache_dir() -> Path:
     root = os.environ.get("GFT_CACHE")
     base = Path(root) if root else Path.home() / ".cache" / "gaussian-flametalk"
     return base / "cpu-rasterizer"
+
+
+def _build_dir() -> Path:
+    """:func:`cache_dir` when it can be created and written, else a per-user folder in the system's temporary dir."""
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"gaussian-flametalk-{user}" / "cpu-rasterizer"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    raise RuntimeError(f"no writable folder for the compiled CPU rasterizer (tried {cache_dir()} and the temp dir)")
 
 
 def find_compiler() -> list[str] | None:
@@ -75,7 +98,7 @@ def library_path(compiler: list[str]) -> Path:
     key.update(" ".join(CXX_FLAGS).encode())
     key.update(_compiler_id(compiler).encode())
     key.update(f"{platform.system()}-{platform.machine()}-abi{ABI_VERSION}".encode())
-    return cache_dir() / f"gft_rasterize_cpu_{key.hexdigest()[:16]}.so"
+    return _build_dir() / f"gft_rasterize_cpu_{key.hexdigest()[:16]}.so"
 
 
 def _build(compiler: list[str], target: Path) -> None:
