@@ -205,6 +205,14 @@ inline bool row_chord(const Splat& s, float dy, int ox, int& lo, int& hi) {
     return true;
 }
 
+// Bands of tile rows that the binning splits each view into (a few per thread, for balance).
+inline int band_count(const TileGrid& g, int threads) { return std::max(1, std::min(g.tiles_y, 2 * threads)); }
+
+inline void band_rows(const TileGrid& g, int bands, int band, int& lo, int& hi) {
+    lo = int(int64_t(band) * g.tiles_y / bands);
+    hi = int(int64_t(band + 1) * g.tiles_y / bands);
+}
+
 // Sortable 32-bit key of a float (monotone for every finite value).
 inline uint32_t float_key(float f) {
     uint32_t u;
@@ -324,17 +332,26 @@ int64_t gft_project_forward(int64_t C, int64_t N, const float* means, int64_t me
         }
     });
 
-    // per-tile counts (serial: one pass over the visible Gaussians' rectangles)
+    // per-tile counts: one task per (view, band of tile rows), each counting only into its own tiles
     const int64_t n_tiles = C * tiles_per_view;
     std::fill(tile_offsets, tile_offsets + n_tiles + 1, 0);
-    for (int64_t i = 0; i < C * N; ++i) {
-        if (radii[i * 2] == 0 && radii[i * 2 + 1] == 0) continue;
-        int x0, x1, y0, y1;
-        tile_rect(means2d[i * 2], means2d[i * 2 + 1], float(radii[i * 2]), float(radii[i * 2 + 1]), grid, x0, x1, y0, y1);
-        int64_t* row = tile_offsets + 1 + (i / N) * tiles_per_view;
-        for (int y = y0; y < y1; ++y)
-            for (int x = x0; x < x1; ++x) row[int64_t(y) * grid.tiles_x + x] += 1;
-    }
+    const int bands = band_count(grid, threads);
+    parallel_for(C * bands, 1, threads, [&](int64_t b, int64_t e) {
+        for (int64_t task = b; task < e; ++task) {
+            const int64_t v = task / bands;
+            int band_lo, band_hi;
+            band_rows(grid, bands, int(task % bands), band_lo, band_hi);
+            int64_t* row = tile_offsets + 1 + v * tiles_per_view;
+            for (int64_t i = v * N; i < (v + 1) * N; ++i) {
+                if (radii[i * 2] == 0 && radii[i * 2 + 1] == 0) continue;
+                int x0, x1, y0, y1;
+                tile_rect(means2d[i * 2], means2d[i * 2 + 1], float(radii[i * 2]), float(radii[i * 2 + 1]), grid, x0,
+                          x1, y0, y1);
+                for (int y = std::max(y0, band_lo); y < std::min(y1, band_hi); ++y)
+                    for (int x = x0; x < x1; ++x) row[int64_t(y) * grid.tiles_x + x] += 1;
+            }
+        }
+    });
     for (int64_t t = 0; t < n_tiles; ++t) tile_offsets[t + 1] += tile_offsets[t];
     return tile_offsets[n_tiles];
 }
@@ -343,7 +360,6 @@ int64_t gft_project_forward(int64_t C, int64_t N, const float* means, int64_t me
 // index) with a stable radix sort and dealt to their tiles in that order, so each list comes out sorted.
 void gft_bin_fill(int64_t C, int64_t N, const float* means2d, const int32_t* radii, const float* depths, int width,
                   int height, const int64_t* tile_offsets, int32_t* ids, int threads) {
-    (void)threads;
     const TileGrid grid{width, height, (width + TILE - 1) / TILE, (height + TILE - 1) / TILE};
     const int64_t tiles_per_view = int64_t(grid.tiles_x) * grid.tiles_y;
     const int64_t n_tiles = C * tiles_per_view;
@@ -369,15 +385,34 @@ void gft_bin_fill(int64_t C, int64_t N, const float* means2d, const int32_t* rad
         keys.swap(keys_tmp);
         order.swap(order_tmp);
     }
-    std::vector<int64_t> cursor(tile_offsets, tile_offsets + n_tiles);
-    for (size_t j = 0; j < V; ++j) {
-        const int64_t i = order[j];
-        int x0, x1, y0, y1;
-        tile_rect(means2d[i * 2], means2d[i * 2 + 1], float(radii[i * 2]), float(radii[i * 2 + 1]), grid, x0, x1, y0, y1);
-        int64_t* row = cursor.data() + (i / N) * tiles_per_view;
-        for (int y = y0; y < y1; ++y)
-            for (int x = x0; x < x1; ++x) ids[row[int64_t(y) * grid.tiles_x + x]++] = static_cast<int32_t>(i);
+    // group the sorted Gaussians by view (a stable partition keeps each view's depth order)
+    std::vector<size_t> view_start(C + 1, 0);
+    for (size_t j = 0; j < V; ++j) ++view_start[order[j] / N + 1];
+    for (int64_t v = 0; v < C; ++v) view_start[v + 1] += view_start[v];
+    {
+        std::vector<size_t> put(view_start.begin(), view_start.end() - 1);
+        for (size_t j = 0; j < V; ++j) order_tmp[put[order[j] / N]++] = order[j];
+        order.swap(order_tmp);
     }
+    // deal them to their tiles: one task per (view, band of tile rows), each writing only its own tiles' lists
+    std::vector<int64_t> cursor(tile_offsets, tile_offsets + n_tiles);
+    const int bands = band_count(grid, threads);
+    parallel_for(C * bands, 1, threads, [&](int64_t b, int64_t e) {
+        for (int64_t task = b; task < e; ++task) {
+            const int64_t v = task / bands;
+            int band_lo, band_hi;
+            band_rows(grid, bands, int(task % bands), band_lo, band_hi);
+            int64_t* row = cursor.data() + v * tiles_per_view;
+            for (size_t j = view_start[v]; j < view_start[v + 1]; ++j) {
+                const int64_t i = order[j];
+                int x0, x1, y0, y1;
+                tile_rect(means2d[i * 2], means2d[i * 2 + 1], float(radii[i * 2]), float(radii[i * 2 + 1]), grid, x0,
+                          x1, y0, y1);
+                for (int y = std::max(y0, band_lo); y < std::min(y1, band_hi); ++y)
+                    for (int x = x0; x < x1; ++x) ids[row[int64_t(y) * grid.tiles_x + x]++] = static_cast<int32_t>(i);
+            }
+        }
+    });
 }
 
 }  // extern "C"
