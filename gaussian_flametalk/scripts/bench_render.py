@@ -1,14 +1,14 @@
 """Rasterizer benchmark: time and peak memory of the reference, compiled CPU and gsplat backends on avatar-like scenes.
 
-    python -m gaussian_flametalk.scripts.bench_render [--repeats 5] [--cases NAME ...] [--agreement]
+    python -m gaussian_flametalk.scripts.bench_render [--repeats 5] [--rounds 1] [--cases NAME ...] [--agreement]
 
 Scene: Gaussians on the surface of a head-sized ellipsoid (radii 0.16, 0.2, 0.18 m, surface noise 1 cm) 1 m in front
 of the camera, focal length 2 x width, scales 2-6 mm (one axis flattened), opacities uniform in [0.05, 0.99], SH
 degree 3. Each case runs in a fresh subprocess so that its peak resident memory (VmHWM from /proc/self/status) is
 its own. CPU cases always run (the compiled ``cpu`` backend with 1 and with 2 threads, the reference with torch's
-default); the CUDA cases (gsplat, and the reference on the GPU) run when torch sees a GPU. Prints a markdown table
+default and, for the smaller scenes, with 1 thread); the CUDA cases (gsplat, and the reference on the GPU) run when torch sees a GPU. Prints a markdown table
 (wall seconds, and the process's CPU seconds, which a loaded machine inflates less) with each compiled-CPU case's
-speed-up over the reference case of the same scene and pass (min over min), and with
+speed-up over the reference case of the same scene, pass and thread count (min over min), and with
 ``--agreement`` the largest image and gradient differences between the compiled kernel and the reference on the
 256x256 / 20k scene.
 """
@@ -48,6 +48,9 @@ CASES = [
     Case("ref-cpu-256-20k-fwd", "reference", "cpu", 256, 20_000, False),
     Case("ref-cpu-512-100k-fwd", "reference", "cpu", 512, 100_000, False),
     Case("ref-cpu-512-100k-fwdbwd", "reference", "cpu", 512, 100_000, True),
+    Case("ref-cpu-256-20k-fwd-t1", "reference", "cpu", 256, 20_000, False, 1),
+    Case("ref-cpu-256-20k-fwdbwd-t1", "reference", "cpu", 256, 20_000, True, 1),
+    Case("ref-cpu-512-100k-fwd-t1", "reference", "cpu", 512, 100_000, False, 1),
     *(
         Case(f"cpu-{size}-{n // 1000}k-{pass_}-t{threads}", "cpu", "cpu", size, n, pass_ == "fwdbwd", threads)
         for size, n in ((256, 20_000), (512, 100_000))
@@ -109,6 +112,8 @@ def run_case(case: Case, repeats: int) -> dict[str, object]:
     times = [wall for wall, _ in timed]
     result: dict[str, object] = {"seconds": statistics.median(times), "min_seconds": min(times)}
     result["min_cpu_seconds"] = min(cpu for _, cpu in timed)
+    result["times"] = times
+    result["cpu_times"] = [cpu for _, cpu in timed]
     result["peak_rss_gb"] = _peak_rss_gb()
     if case.device == "cuda":
         result["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 2**30
@@ -180,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (after one warm-up)")
     parser.add_argument("--cases", nargs="*", default=None, help="case names (default: all that this machine can run)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the whole list this many times and pool each case's timings (a shared machine's load "
+                        "comes and goes: the best of several rounds is the fairest figure)")
     parser.add_argument("--agreement", action="store_true", help="also compare the compiled kernel with the reference")
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)  # internal: the per-case subprocess
     args = parser.parse_args(argv)
@@ -195,36 +203,55 @@ def main(argv: list[str] | None = None) -> None:
     if cuda:
         device_desc += f"; GPU: {torch.cuda.get_device_name()}"
     print(f"# Rasterizer benchmark\n\n{device_desc}; torch {torch.__version__}; load average {_loadavg()}\n")
+    results: dict[str, dict[str, object] | str] = {}
+    for round_ in range(args.rounds):
+        for case in cases:
+            if case.device == "cuda" and not cuda:
+                results[case.name] = "skipped: no GPU"
+                continue
+            proc = subprocess.run(
+                [sys.executable, "-m", __spec__.name, "--run-one", case.name, "--repeats", str(args.repeats)],
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                results[case.name] = "failed: " + (proc.stderr.strip().splitlines() or ["failed"])[-1]
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            pooled = results.get(case.name)
+            if isinstance(pooled, dict):
+                r["times"] = pooled["times"] + r["times"]
+                r["cpu_times"] = pooled["cpu_times"] + r["cpu_times"]
+                r["peak_rss_gb"] = max(pooled["peak_rss_gb"], r["peak_rss_gb"])
+            results[case.name] = r
+            print(f"round {round_ + 1}/{args.rounds}: {case.name} done (load {_loadavg()})", file=sys.stderr, flush=True)
+
     print(
         "| case | backend | device | threads | image | Gaussians | pass | median s | min s | FPS (median) | FPS (best) "
-        "| x reference (min) | CPU s (min) | peak RSS GB | peak CUDA GB |"
+        "| x reference (min, same threads) | CPU s (min) | peak RSS GB | peak CUDA GB |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    ref_min: dict[tuple[int, int, bool], float] = {}
+    default_threads = torch.get_num_threads()
+    ref_min = {
+        (c.size, c.n_gaussians, c.backward, c.threads or default_threads): min(results[c.name]["times"])
+        for c in cases
+        if c.backend == "reference" and c.device == "cpu" and isinstance(results.get(c.name), dict)
+    }
     for case in cases:
-        if case.device == "cuda" and not cuda:
-            print(f"| {case.name} | {case.backend} | cuda | | | | | skipped: no GPU | | | | | | | |")
+        r = results[case.name]
+        if isinstance(r, str):
+            print(f"| {case.name} | {case.backend} | {case.device} | | | | | {r} | | | | | | | |")
             continue
-        proc = subprocess.run(
-            [sys.executable, "-m", __spec__.name, "--run-one", case.name, "--repeats", str(args.repeats)],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            reason = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-            print(f"| {case.name} | {case.backend} | {case.device} | | | | | failed: {reason} | | | | | | | |")
-            continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        times = r["times"]
+        median, best, cpu_best = statistics.median(times), min(times), min(r["cpu_times"])
         cuda_gb = f"{r['peak_cuda_gb']:.2f}" if "peak_cuda_gb" in r else ""
-        key = (case.size, case.n_gaussians, case.backward)
-        if case.backend == "reference" and case.device == "cpu":
-            ref_min[key] = r["min_seconds"]
-        speedup = f"{ref_min[key] / r['min_seconds']:.1f}" if case.backend == "cpu" and key in ref_min else ""
-        threads = case.threads if case.threads is not None else torch.get_num_threads()
+        threads = case.threads or default_threads
+        key = (case.size, case.n_gaussians, case.backward, threads)
+        speedup = f"{ref_min[key] / best:.1f}" if case.backend == "cpu" and key in ref_min else ""
         print(
             f"| {case.name} | {case.backend} | {case.device} | {threads} | {case.size}x{case.size} | {case.n_gaussians} | "
-            f"{'fwd+bwd' if case.backward else 'fwd'} | {r['seconds']:.4f} | {r['min_seconds']:.4f} | "
-            f"{1.0 / r['seconds']:.1f} | {1.0 / r['min_seconds']:.1f} | {speedup} | {r['min_cpu_seconds']:.4f} | "
+            f"{'fwd+bwd' if case.backward else 'fwd'} | {median:.4f} | {best:.4f} | "
+            f"{1.0 / median:.1f} | {1.0 / best:.1f} | {speedup} | {cpu_best:.4f} | "
             f"{r['peak_rss_gb']:.2f} | {cuda_gb} |",
             flush=True,
         )

@@ -424,7 +424,7 @@ namespace {
 #endif
 
 // 8 pixels of a tile row as one vector (GCC / clang vector extensions: AVX2 in the avx2 clone, else SSE or NEON
-// pairs); a row of 16 pixels is two halves, each skipped when the Gaussian's chord misses it.
+// pairs), placed over the part of the row that a Gaussian's chord covers.
 constexpr int LANES = 8;
 typedef float vf __attribute__((vector_size(32)));
 typedef int32_t vi __attribute__((vector_size(32)));
@@ -565,7 +565,7 @@ constexpr int PREFETCH = 4;  // list entries ahead whose records are prefetched
 #define GFT_CLONES
 #endif
 
-// One tile of the forward. For each Gaussian (front to back) and each row half its chord reaches, the 8 pixels are
+// One tile of the forward. For each Gaussian (front to back) and each row its chord reaches, 8 pixels at a time are
 // updated independently under masks (stopped, outside the chord, below the cut-off).
 GFT_CLONES void composite_forward_tile(const TileJob& J, const Records& R, const int32_t* ids, const float* bg,
                                        float* acc, float* out_color, float* out_alpha, float* out_trans,
@@ -594,14 +594,17 @@ GFT_CLONES void composite_forward_tile(const TileJob& J, const Records& R, const
             const float dy = sp.my - (float(J.oy + r) + 0.5f);
             int c0, c1;
             if (!row_chord(sp, dy, J.ox, c0, c1)) continue;
-            for (int half = c0 / LANES; half <= c1 / LANES; ++half) {
-                const int base = r * TILE + half * LANES;
-                const vf dx = sp.mx - (px0 + float(half * LANES));
+            // 8-lane windows over the chord: each starts at the first pixel not yet done (moved left so that it
+            // stays inside the row) and is masked to the chord's remaining pixels
+            for (int lo = c0, start; lo <= c1; lo = start + LANES) {
+                start = std::min(lo, TILE - LANES);
+                const int base = r * TILE + start;
+                const vf dx = sp.mx - (px0 + float(start));
                 const vf alpha = vmin(vsplat(ALPHA_MAX), o * vexp(-row_sigma(sp, dx, dy)));
                 const vf Tv = vload(T + base);
                 const vi dnv = vload(done + base);
-                const vi lane_id = LANE + half * LANES;
-                const vi lane = (lane_id >= c0) & (lane_id <= c1) & (dnv == 0) & (alpha >= ALPHA_MIN);
+                const vi lane_id = LANE + start;
+                const vi lane = (lane_id >= lo) & (lane_id <= c1) & (dnv == 0) & (alpha >= ALPHA_MIN);
                 const vf next = Tv * (1.f - alpha);
                 const vi stop = lane & (next <= T_MIN);
                 const vi draw = lane & ~stop;
@@ -690,16 +693,19 @@ GFT_CLONES void composite_backward_tile(const TileJob& J, const Records& R, cons
             int c0, c1;
             if (!row_chord(sp, dy, J.ox, c0, c1)) continue;
             any = true;
-            for (int half = c0 / LANES; half <= c1 / LANES; ++half) {
-                const int base = r * TILE + half * LANES;
+            // 8-lane windows over the chord: each starts at the first pixel not yet done (moved left so that it
+            // stays inside the row) and is masked to the chord's remaining pixels
+            for (int lo = c0, start; lo <= c1; lo = start + LANES) {
+                start = std::min(lo, TILE - LANES);
+                const int base = r * TILE + start;
                 vf dot{};
                 for (int d = 0; d < D; ++d) dot += vload(gpix + size_t(d) * TILE_PIX + base) * col[d];
-                const vf dx = sp.mx - (px0 + float(half * LANES));
+                const vf dx = sp.mx - (px0 + float(start));
                 const vf G = vexp(-row_sigma(sp, dx, dy));
                 const vf raw = o * G;
                 const vf alpha = vmin(vsplat(ALPHA_MAX), raw);
-                const vi lane_id = LANE + half * LANES;
-                const vi lane = (lane_id >= c0) & (lane_id <= c1) & (vload(nc + base) > pos) & (alpha >= ALPHA_MIN);
+                const vi lane_id = LANE + start;
+                const vi lane = (lane_id >= lo) & (lane_id <= c1) & (vload(nc + base) > pos) & (alpha >= ALPHA_MIN);
                 const vf one_minus = 1.f - alpha;
                 const vf Tv = vload(T + base), Sv = vload(S + base);
                 const vf front = Tv / one_minus;
