@@ -264,8 +264,8 @@ int64_t gft_project_forward(int64_t C, int64_t N, const float* means, int64_t me
 
     parallel_for(C * N, 1024, threads, [&](int64_t begin, int64_t end) {
         float basis[16];
-        for (int64_t i = begin; i < end; ++i) {
-            const int64_t v = i / N, n = i % N;
+        for (int64_t i = begin, v = begin / N, n = begin % N; i < end; ++i, n = (n + 1 == N) ? (++v, 0) : n + 1) {
+            // v, n: view and Gaussian of the flat index i (kept incrementally: no 64-bit divisions per Gaussian)
             const Camera& cam = cams[v];
             const float* m = means + v * means_vs + n * 3;
             const float* q = quats + v * quats_vs + n * 4;
@@ -575,7 +575,7 @@ GFT_CLONES void composite_forward_tile(const TileJob& J, const Records& R, const
     alignas(64) int32_t nc[TILE_PIX];
     alignas(64) int32_t done[TILE_PIX];
     int row_done[TILE];
-    const vf px0 = __builtin_convertvector(LANE + J.ox, vf) + 0.5f;  // pixel centres of a row's first half
+    const vf px0 = __builtin_convertvector(LANE + J.ox, vf) + 0.5f;  // centres of a row's first 8 pixels
     std::fill(acc, acc + size_t(TILE_PIX) * D, 0.f);
     std::fill(T, T + TILE_PIX, 1.f);
     std::fill(nc, nc + TILE_PIX, 0);
@@ -838,8 +838,8 @@ void gft_project_backward(int64_t C, int64_t N, const float* means, int64_t mean
 
     parallel_for(C * N, 1024, threads, [&](int64_t begin, int64_t end) {
         float basis[16], wsum[16];
-        for (int64_t i = begin; i < end; ++i) {
-            const int64_t v = i / N, n = i % N;
+        for (int64_t i = begin, v = begin / N, n = begin % N; i < end; ++i, n = (n + 1 == N) ? (++v, 0) : n + 1) {
+            // v, n: view and Gaussian of the flat index i (kept incrementally: no 64-bit divisions per Gaussian)
             float* gm = g_means + i * 3;
             float* gq = g_quats + i * 4;
             float* gsc = g_scales + i * 3;
