@@ -1,20 +1,29 @@
 """Typed dataclass configs that are also command-line options.
 
-A stage's config is a dataclass; every field becomes ``--field-name`` with the field's type, default
-and ``metadata={"help": ...}``. Supported field types: bool (``--x`` / ``--no-x``), int, float, str,
-pathlib.Path, their ``| None`` forms, and ``tuple[T, ...]`` (space-separated values).
+A stage's config is a dataclass; every field becomes ``--field-name`` with the field's type, default and
+``metadata={"help": ...}``. Supported field types: bool (``--x`` / ``--no-x``), int, float, str, pathlib.Path,
+``Literal[...]`` (argparse ``choices``), their ``| None`` forms, ``tuple[T, ...]`` (space-separated values), and a
+nested dataclass, whose fields become ``--group.field-name`` options in a help group of their own.
+
+Validation happens when the config is made (:func:`validate`, called from each config's ``__post_init__``), so a
+bad value fails before any work starts, from the command line and from Python alike, naming the option and what it
+allows. ``device="auto"`` (every stage's default) resolves to CUDA when torch sees a GPU, else the CPU
+(:func:`resolve_device`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+__all__ = ["add_dataclass_args", "config_to_dict", "dataclass_from_args", "flag_name", "resolve_device", "validate"]
 
 
 def _unwrap(tp: Any) -> tuple[Any, bool]:
@@ -28,17 +37,39 @@ def _unwrap(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, positional: tuple[str, ...] = ()) -> None:
-    """Add one option per field of dataclass ``cls`` (fields named in ``positional`` become positional arguments)."""
+def _default(f: dataclasses.Field) -> tuple[bool, Any]:
+    if f.default is not dataclasses.MISSING:
+        return True, f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return True, f.default_factory()
+    return False, None
+
+
+def flag_name(name: str, prefix: str = "") -> str:
+    """The option of field ``name`` (in the nested group ``prefix``), e.g. ``--densify.grad-threshold``."""
+    return "--" + prefix + name.replace("_", "-")
+
+
+def _is_config(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, positional: tuple[str, ...] = (),
+                       prefix: str = "", group: Any = None) -> None:
+    """Add one option per field of dataclass ``cls`` (fields named in ``positional`` become positional arguments;
+    nested dataclass fields become ``--name.field`` options)."""
     hints = typing.get_type_hints(cls)
+    target = group if group is not None else parser
     for f in dataclasses.fields(cls):
         tp, optional = _unwrap(hints[f.name])
         help_text = f.metadata.get("help", "")
-        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-        )
-        if f.name in positional:
+        has_default, default = _default(f)
+        dest = (prefix + f.name).replace(".", "__")
+        if _is_config(tp):
+            sub = parser.add_argument_group(f"{prefix}{f.name} options", help_text or None)
+            add_dataclass_args(parser, tp, (), f"{prefix}{f.name}.", sub)
+            continue
+        if f.name in positional and not prefix:
             kwargs: dict[str, Any] = {"help": help_text}
             if typing.get_origin(tp) is tuple:
                 kwargs.update(nargs="+" if not has_default else "*", type=typing.get_args(tp)[0])
@@ -48,43 +79,85 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, positional: t
                 kwargs["nargs"] = "?"
             if has_default:
                 kwargs["default"] = default
-            parser.add_argument(f.name, **kwargs)
+            target.add_argument(f.name, **kwargs)
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = flag_name(f.name, prefix)
         if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            target.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(tp) is tuple:
-            parser.add_argument(flag, nargs="*", type=typing.get_args(tp)[0], default=default, help=help_text)
+            target.add_argument(flag, dest=dest, nargs="*", type=typing.get_args(tp)[0], default=default,
+                                help=help_text)
+        elif typing.get_origin(tp) is typing.Literal:
+            choices = typing.get_args(tp)
+            target.add_argument(flag, dest=dest, type=type(choices[0]), choices=choices, default=default,
+                                required=not has_default and not optional, help=help_text)
         else:
-            parser.add_argument(flag, type=tp, default=default, required=not has_default and not optional, help=help_text)
+            target.add_argument(flag, dest=dest, type=tp, default=default, required=not has_default and not optional,
+                                help=help_text)
 
 
-def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    """Build ``cls`` from parsed arguments (tuples converted from lists)."""
+def dataclass_from_args(cls: type[T], args: argparse.Namespace, prefix: str = "") -> T:
+    """Build ``cls`` (and its nested configs) from parsed arguments (tuples converted from lists)."""
+    hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
-        v = getattr(args, f.name)
+        tp, _ = _unwrap(hints[f.name])
+        if _is_config(tp):
+            values[f.name] = dataclass_from_args(tp, args, f"{prefix}{f.name}.")
+            continue
+        dest = f.name if not prefix and hasattr(args, f.name) else (prefix + f.name).replace(".", "__")
+        v = getattr(args, dest)
         values[f.name] = tuple(v) if isinstance(v, list) else v
     return cls(**values)
 
 
-def package_versions(*distributions: str) -> dict[str, str]:
-    """Versions for a stage's meta.json: Python, this package, torch, numpy and the given distributions (if installed)."""
-    import importlib.metadata as md
-    import platform
+def validate(config: Any, prefix: str = "") -> None:
+    """Check every ``Literal`` field of a config (and of its nested configs) against its allowed values; a ValueError
+    naming the option and the allowed values otherwise."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        tp, optional = _unwrap(hints[f.name])
+        value = getattr(config, f.name)
+        if _is_config(tp):
+            if not isinstance(value, tp):
+                raise ValueError(f"{flag_name(f.name, prefix)}: expected a {tp.__name__}, got {type(value).__name__}")
+            validate(value, f"{prefix}{f.name}.")
+        elif typing.get_origin(tp) is typing.Literal:
+            choices = typing.get_args(tp)
+            if value not in choices and not (optional and value is None):
+                raise ValueError(f"{flag_name(f.name, prefix)}: {value!r} is not one of "
+                                 f"{', '.join(repr(c) for c in choices)}")
 
-    out = {"python": platform.python_version()}
-    for dist in ("gaussian-flametalk", "torch", "numpy", *distributions):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return out
+
+def resolve_device(spec: str, option: str = "--device") -> str:
+    """``"auto"``: ``"cuda"`` when torch sees a CUDA GPU, else ``"cpu"`` (said once on stderr); any other torch device
+    string is checked and returned as given."""
+    import torch
+
+    if spec == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device not in _announced:
+            _announced.add(device)
+            print(f"[gft] device: {device} ({'CUDA GPU found' if device == 'cuda' else 'no CUDA GPU'}; "
+                  f"choose with {option})", file=sys.stderr)
+        return device
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{option}: {spec!r} is not a torch device ({e}); use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{option}: {spec!r} asked for, but torch sees no CUDA GPU (use --device auto or cpu)")
+    return spec
+
+
+_announced: set[str] = set()
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """JSON-ready dict of a dataclass config (paths as strings), for meta.json files."""
+    """JSON-ready dict of a (possibly nested) dataclass config (paths as strings), for meta.json files."""
     def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return config_to_dict(v)
         if isinstance(v, Path):
             return str(v)
         if isinstance(v, (tuple, list)):

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gaussian_flametalk.flametalk.audio import AudioError, load_audio
-from gaussian_flametalk.tracking.video import ffmpeg_exe
+from gaussian_flametalk.io.audio import AudioError, load_audio
+from gaussian_flametalk.io.media import ffmpeg_exe
 
 
 def _encode(out: Path, seconds: float, rate: int, channels: int, volume: float = 0.5) -> Path:

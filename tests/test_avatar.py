@@ -32,7 +32,7 @@ from gaussian_flametalk.avatar.train import (
 from gaussian_flametalk.geometry.camera import Camera
 from gaussian_flametalk.headmodel import HeadParams, make_synthetic_head
 from gaussian_flametalk.scripts.gft import main as gft_main
-from gaussian_flametalk.tracking.subject import (
+from gaussian_flametalk.io.subject import (
     save_camera,
     train_test_split,
     write_json,
@@ -133,7 +133,7 @@ def make_subject(root: Path, n: int = 20, size: int = 96) -> Path:
     np.savez(root / "params.npz", **params.to_numpy())
     save_camera(root / "camera.json", cam, 25.0)
     write_json(root / "meta.json", {
-        "stage": "track", "n_frames": n, "fps": 25.0, "size": size,
+        "stage": "track", "n_frames": n, "fps": 25.0, "resolution": size,
         "head_model": {"spec": "synthetic", "kind": model.kind, "n_shape": model.n_shape,
                        "n_expression": model.n_expression},
     })
@@ -193,7 +193,7 @@ def test_bad_input(tmp_path):
 
 def test_real_clip_ict_bounded_cpu_run(shared_dir, tmp_path):
     from gaussian_flametalk.tracking.track import TrackConfig, track
-    from gaussian_flametalk.tracking.video import ffmpeg_exe
+    from gaussian_flametalk.io.media import ffmpeg_exe
 
     clip = tmp_path / "v1_4s.mp4"
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i",

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gaussian_flametalk.flametalk.audio import SAMPLE_RATE, load_audio
-from gaussian_flametalk.scripts.demo_subject import espeak_exe
+from gaussian_flametalk.io.audio import SAMPLE_RATE, load_audio
+from gaussian_flametalk.demo_subject.subject import espeak_exe
 from gaussian_flametalk.scripts.gft import main as gft_main
-from gaussian_flametalk.tracking.video import iter_frames, probe_video
+from gaussian_flametalk.io.media import iter_frames, probe_video
 
 
 def _espeak_available() -> bool:

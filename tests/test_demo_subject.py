@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gaussian_flametalk.flametalk.audio import SAMPLE_RATE, load_audio
+from gaussian_flametalk.io.audio import SAMPLE_RATE, load_audio
 from gaussian_flametalk.headmodel.synthetic import EXPRESSION_NAMES
-from gaussian_flametalk.scripts import demo_subject as ds
+from gaussian_flametalk.demo_subject import subject as ds
 from gaussian_flametalk.tracking.landmarks import MediapipeDetector, detect_clip, inter_ocular
 from gaussian_flametalk.tracking.track import TrackConfig, track
-from gaussian_flametalk.tracking.video import iter_frames, probe_video
+from gaussian_flametalk.io.media import iter_frames, probe_video
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="espeak-ng is not installed (apt-get install espeak-ng)")
@@ -141,7 +141,7 @@ def test_jaw_opening_follows_the_videos_sound(demo):
 def test_tracking_the_video_beats_the_template(demo, tmp_path):
     """``gft track`` with the synthetic head recovers the ground truth far better than the template at the mean pose."""
     subject = tmp_path / "subject"
-    track(TrackConfig(video=demo["video"], out=subject, head_model="synthetic", size=256, overlay=False, progress=False,
+    track(TrackConfig(video=demo["video"], out=subject, head_model="synthetic", resolution=256, overlay=False, progress=False,
                       rigid_iters=10, full_iters=4, smooth_iters=15))
     err = ds.tracking_error(subject, demo["dir"])
     print(f"\ntracking error {err['error_px']:.2f} px ({100 * err['error_iod']:.2f} % IOD); template "

@@ -13,12 +13,12 @@ import torch
 
 from gaussian_flametalk.avatar.sequence import load_params, pingpong
 from gaussian_flametalk.avatar.train import AvatarConfig, train_avatar
-from gaussian_flametalk.flametalk.audio import SAMPLE_RATE, load_audio, save_wav
+from gaussian_flametalk.io.audio import SAMPLE_RATE, load_audio, save_wav
 from gaussian_flametalk.flametalk.train import TalkConfig, train_talk
-from gaussian_flametalk.scripts.drive import DriveConfig, blink_components, drive
+from gaussian_flametalk.pipeline.drive import DriveConfig, blink_components, drive
 from gaussian_flametalk.scripts.gft import main as gft_main
-from gaussian_flametalk.tracking.subject import train_test_split
-from gaussian_flametalk.tracking.video import ffmpeg_exe, iter_frames, probe_video
+from gaussian_flametalk.io.subject import train_test_split
+from gaussian_flametalk.io.media import ffmpeg_exe, iter_frames, probe_video
 from test_avatar import make_subject
 from test_flametalk import speech_like
 
@@ -76,7 +76,7 @@ def test_drive_any_speech_loops_pose_and_matches_durations(trained_subject, tmp_
 
 
 def _head(subject: Path):
-    from gaussian_flametalk.tracking.subject import Subject
+    from gaussian_flametalk.io.subject import Subject
 
     return Subject.open(subject).head_model()
 

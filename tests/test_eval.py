@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gaussian_flametalk.flametalk.audio import save_wav
+from gaussian_flametalk.io.audio import save_wav
 from test_flametalk import make_subject, speech_like
 from test_stability import astronaut_clip
 
 from gaussian_flametalk.eval.evaluate import EvalConfig, ReferenceMismatchError, evaluate
 from gaussian_flametalk.eval.motion import motion_metrics
 from gaussian_flametalk.scripts.gft import main as gft_main
-from gaussian_flametalk.tracking.video import write_video
+from gaussian_flametalk.io.media import write_video
 
 N = 60
 NO_FACE = list(range(20, 25))

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from gaussian_flametalk.flametalk.audio import SAMPLE_RATE, AudioError, save_wav
+from gaussian_flametalk.io.audio import SAMPLE_RATE, AudioError, save_wav
 from gaussian_flametalk.flametalk.encoders import EncoderNotFoundError, load_encoder
 from gaussian_flametalk.flametalk.model import (FlameTalk, FlameTalkSpec, StreamingPredictor, alibi_slopes,
                                                 alignment_mask, biased_causal_mask, periodic_positional_encoding,
                                                 predict)
-from gaussian_flametalk.flametalk.train import TalkConfig, load_talk, train_talk
+from gaussian_flametalk.flametalk.inference import load_talk
+from gaussian_flametalk.flametalk.train import TalkConfig, train_talk
 from gaussian_flametalk.headmodel import HeadParams, make_synthetic_head
 
 FPS = 25

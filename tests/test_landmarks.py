@@ -9,7 +9,8 @@ import types
 import numpy as np
 import pytest
 
-from gaussian_flametalk.tracking.crop import CropBox, CropMargin, crop_from_detections, find_crop
+from gaussian_flametalk.io.media import CropBox
+from gaussian_flametalk.tracking.crop import CropMargin, crop_from_detections, find_crop
 from gaussian_flametalk.tracking.landmarks import (
     MEDIAPIPE_TO_IBUG68,
     ClipLandmarks,
@@ -24,7 +25,7 @@ from gaussian_flametalk.tracking.landmarks import (
     make_detector,
 )
 from gaussian_flametalk.tracking.masks import ForegroundSegmenter, segment_clip
-from gaussian_flametalk.tracking.video import iter_frames, probe_video, write_video
+from gaussian_flametalk.io.media import iter_frames, probe_video, write_video
 
 skdata = pytest.importorskip("skimage.data")
 

@@ -231,9 +231,9 @@ def test_syncnet_scores_runs_end_to_end():
 @pytest.fixture(scope="module")
 def anchor(shared_dir):
     """First 12 s of the news anchor clip: iBUG-68 points at 25 fps and its own sound (16 kHz)."""
-    from gaussian_flametalk.flametalk.audio import load_audio
+    from gaussian_flametalk.io.audio import load_audio
     from gaussian_flametalk.tracking.landmarks import MediapipeDetector, detect_clip
-    from gaussian_flametalk.tracking.video import iter_frames
+    from gaussian_flametalk.io.media import iter_frames
 
     path = shared_dir / "data" / "videos" / "v1_german_news_anchor_20s.mp4"
     with MediapipeDetector(max_num_faces=1) as det:
@@ -260,7 +260,7 @@ def test_real_clip_reports_its_audio_delay(anchor):
 
 
 def test_real_clip_own_sound_beats_other_speakers_and_noise(anchor, shared_dir):
-    from gaussian_flametalk.flametalk.audio import load_audio
+    from gaussian_flametalk.io.audio import load_audio
 
     points, wave = anchor
     own = _sync(points, wave)["peak_minus_median"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gaussian_flametalk.tracking.crop import CropBox
-from gaussian_flametalk.tracking.video import (
+from gaussian_flametalk.io.media import CropBox
+from gaussian_flametalk.io.media import (
     VideoError,
     extract_audio,
     ffmpeg_exe,

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from gaussian_flametalk.flametalk.encoders import load_encoder
-from gaussian_flametalk.flametalk.losses import mouth_opening
+from gaussian_flametalk.headmodel.motion import mouth_opening
 from gaussian_flametalk.flametalk.model import FlameTalk, FlameTalkSpec, StreamingPredictor, predict
 from gaussian_flametalk.flametalk.ptalker import (GraphAttentionLayer, IdentityStyleEncoder, adversarial_loss,
                                                   grad_reverse, infonce_loss, mesh_graph, orthogonality_loss,
                                                   style_kl_loss, style_similarity_loss, topk_contrastive_loss)
-from gaussian_flametalk.flametalk.train import (TalkConfig, fit_talk, load_reference_motion, load_talk,
-                                                open_subjects, train_talk)
+from gaussian_flametalk.flametalk.inference import load_reference_motion, load_talk
+from gaussian_flametalk.flametalk.train import TalkConfig, fit_talk, open_subjects, train_talk
 from gaussian_flametalk.headmodel import make_synthetic_head
 
 from test_flametalk import make_subject, speech_like

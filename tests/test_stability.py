@@ -156,7 +156,7 @@ def test_redetected_jitter_offline_astronaut(detector):
 
 def test_redetected_jitter_real_clip(shared_dir, detector):
     """The first 80 frames of v1 at 256 px against themselves, shifted by 0.5, 1 and 2 px jitter, and smoothed."""
-    from gaussian_flametalk.tracking.video import iter_frames
+    from gaussian_flametalk.io.media import iter_frames
 
     video = shared_dir / "data" / "videos" / "v1_german_news_anchor_20s.mp4"
     real = np.stack(list(iter_frames(video, fps=25.0, size=256, duration=3.2)))

@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from gaussian_flametalk.flametalk.audio import SAMPLE_RATE, AudioError, save_wav
+from gaussian_flametalk.io.audio import SAMPLE_RATE, AudioError, save_wav
 from gaussian_flametalk.flametalk.encoders import load_encoder
-from gaussian_flametalk.flametalk.losses import face_dynamics_deviation, fourier_frequency_error, upper_face_ids
+from gaussian_flametalk.headmodel.motion import upper_face_ids
+from gaussian_flametalk.metrics.motion import face_dynamics_deviation, fourier_frequency_error
 from gaussian_flametalk.flametalk.model import FlameTalk, FlameTalkSpec
-from gaussian_flametalk.flametalk.train import TalkModel, load_subject_data
+from gaussian_flametalk.flametalk.inference import TalkModel
+from gaussian_flametalk.flametalk.train import load_subject_data
 from gaussian_flametalk.headmodel import load_head_model, make_synthetic_head
 from gaussian_flametalk.scripts.bench_talk import (BenchTalkConfig, build_parser, format_table, run_ablation,
                                                    shuffle_audio)
-from gaussian_flametalk.tracking.subject import Subject
+from gaussian_flametalk.io.subject import Subject
 from test_flametalk import make_subject, speech_like
 
 # ------------------------------------------------------------------------------------------------ metrics

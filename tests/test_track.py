@@ -10,9 +10,9 @@ import pytest
 
 from gaussian_flametalk.eval.stability import stability_terms
 from gaussian_flametalk.tracking.landmarks import MultipleFacesError, NoFaceError
-from gaussian_flametalk.tracking.subject import Subject, train_test_split
+from gaussian_flametalk.io.subject import Subject, train_test_split
 from gaussian_flametalk.tracking.track import TrackConfig, track
-from gaussian_flametalk.tracking.video import VideoError, ffmpeg_exe, probe_video, write_video
+from gaussian_flametalk.io.media import VideoError, ffmpeg_exe, probe_video, write_video
 
 
 def _ffmpeg(*args: str) -> None:
@@ -72,7 +72,7 @@ def test_portrait_clip_keeps_the_head_inside_the_crop(shared_dir, tmp_path):
     subject = Subject.open(out)
     with np.load(out / "landmarks.npz") as z:
         pts = z["points68"]
-    assert subject.meta["video"]["height"] > subject.meta["video"]["width"]  # portrait source
+    assert subject.video["height"] > subject.video["width"]  # portrait source
     brow_to_chin = pts[:, 8, 1] - pts[:, 17:27, 1].min(1)
     head_top = pts[:, 17:27, 1].min(1) - 0.5 * brow_to_chin  # the skull rises about half a face above the brows
     assert (head_top > 0).all() and (pts[..., 1] < 512).all() and (pts[..., 0] > 0).all() and (pts[..., 0] < 512).all()

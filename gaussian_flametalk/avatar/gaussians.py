@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..geometry.rotation import quaternion_to_matrix
 from .binding import local_to_world, triangle_frames
 from .sh import MAX_SH_DEGREE, num_sh_bases, rgb_to_sh
@@ -357,11 +358,9 @@ def save_ply(
         "property int parent_triangle",
         "end_header",
     ]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path, ".ply") as tmp, open(tmp, "wb") as fh:
         fh.write(("\n".join(header) + "\n").encode("ascii"))
         fh.write(rec.tobytes())
-    os.replace(tmp, path)
     return path
 
 

@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import resolve_device, validate
 from ..headmodel import HeadModel, HeadParams
-from ..tracking.subject import Subject
+from ..io.meta import read_meta
+from ..io.subject import Subject
+from ..io.training import Checkpoint
 from .composite import composite, head_region, torso_cut_rows
 from .gaussians import BoundGaussians
 
@@ -65,21 +68,16 @@ class AvatarRenderer:
         device: torch.device | str = "cpu",
     ) -> AvatarRenderer:
         """From a finished ``gft train-avatar`` folder (checks the head model against the checkpoint)."""
-        import json
-
         import cv2
 
         meta_path = avatar_dir / "meta.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"{avatar_dir}: no finished avatar (meta.json missing): run gft train-avatar")
-        meta = json.loads(meta_path.read_text())
-        ckpt = avatar_dir / "checkpoint.pt"
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if (state["n_vertices"], state["n_faces"]) != (model.n_vertices, model.n_faces):
-            raise ValueError(
-                f"{ckpt}: trained on a head model of {state['n_vertices']} vertices / {state['n_faces']} triangles, "
-                f"got {model.n_vertices} / {model.n_faces}"
-            )
+        meta = read_meta(meta_path, "train-avatar")
+        state = Checkpoint(avatar_dir / "checkpoint.pt", {"n_vertices": model.n_vertices, "n_faces": model.n_faces}
+                           ).read()
+        if state is None:
+            raise FileNotFoundError(f"{avatar_dir / 'checkpoint.pt'}: missing: run gft train-avatar again")
         gaussians = BoundGaussians.from_tensors(state["gaussians"], model.n_faces)
         static = cv2.imread(str(avatar_dir / "background.png"), cv2.IMREAD_COLOR)
         if static is None:
@@ -148,11 +146,11 @@ def render_sequence(
     """
     from tqdm.auto import tqdm
 
-    from .train import check_head_model
+    from .train import check_tracked_with
 
     subject = subject if isinstance(subject, Subject) else Subject.open(subject)
     model = subject.head_model()
-    check_head_model(model, subject, params)
+    check_tracked_with(model, subject, params)
     renderer = AvatarRenderer.load(subject, model, Path(avatar_dir or subject.root / "avatar"), resolution, device)
     src = pingpong(params.batch, subject.n_frames) if source_frames is None else np.asarray(source_frames)
     if len(src) != params.batch or src.min() < 0 or src.max() >= subject.n_frames:
@@ -172,12 +170,16 @@ class RenderAvatarConfig:
     avatar: Path | None = field(default=None, metadata={"help": "avatar folder (default SUBJECT/avatar)"})
     resolution: int | None = field(default=None, metadata={"help": "output size (default: training resolution)"})
     audio: Path | None = field(default=None, metadata={"help": "wav to mux as the sound"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
+    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        validate(self)
+        self.device = resolve_device(self.device)
 
 
 def main(cfg: RenderAvatarConfig) -> int:
-    from ..tracking.video import write_video
+    from ..io.media import write_video
 
     subject = Subject.open(cfg.subject)
     params = load_params(cfg.params)

@@ -4,10 +4,10 @@ Target. The head Gaussians render head, hair and neck over a black background; t
 pixels outside the person mask set to black, and the torso (person pixels below the lowest projected vertex of the
 rendered mesh) is masked out of the loss — it comes from the source frames when compositing (:mod:`.composite`).
 
-Loss: L1 + ``lambda_ssim`` (1 - SSIM) over the unmasked pixels, plus GaussianAvatars' regularisers on the local
-parameters: ``lambda_position * mean(relu(|xyz| - threshold_position))`` and
-``lambda_scale * mean(relu(exp(log_scale) - threshold_scale))`` (both in triangle-scale units), plus
-``lambda_alpha`` times the L1 between the rendered alpha and the person mask over the same pixels: a dark Gaussian
+Loss: L1 + ``w_ssim`` (1 - SSIM) over the unmasked pixels, plus GaussianAvatars' regularisers on the local
+parameters: ``w_position * mean(relu(|xyz| - threshold_position))`` and
+``w_scale * mean(relu(exp(log_scale) - threshold_scale))`` (both in triangle-scale units), plus
+``w_alpha`` times the L1 between the rendered alpha and the person mask over the same pixels: a dark Gaussian
 floating outside the person costs nothing against the black target, but would show over the background plate.
 
 Optimised: the Gaussians (Adam, the 3DGS learning rates; the position rate is ``position_lr * extent`` metres per
@@ -28,19 +28,22 @@ Outputs in SUBJECT/avatar/ (each written atomically; ``meta.json`` last, so its 
 from __future__ import annotations
 
 import math
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import config_to_dict, package_versions
+from ..atomic import save_npz, save_png
+from ..config import config_to_dict, resolve_device, validate
 from ..geometry.camera import Camera
 from ..headmodel import HeadModel, HeadParams, load_head_model
-from ..tracking.subject import Subject, write_json
+from ..io.meta import StageMeta, package_versions, write_meta
+from ..io.subject import Subject
+from ..io.training import Checkpoint, RunState, restore, run_training
+from ..metrics.image import l1, psnr, ssim
 from .binding import triangle_frames
 from .composite import (
     static_background,
@@ -55,7 +58,6 @@ from .gaussians import (
     reset_opacity,
     save_ply,
 )
-from .losses import l1, psnr, ssim
 from .rasterize import render
 from .schedule import Schedule, resolve_schedule
 
@@ -74,7 +76,7 @@ class AvatarConfig:
     iterations: int = field(default=3000, metadata={"help": "total training iterations (a re-run resumes)"})
     resolution: int = field(default=256, metadata={"help": "training image size (frames are resized)"})
     batch_size: int = field(default=1, metadata={"help": "frames per iteration"})
-    device: str = field(default="cpu", metadata={"help": "torch device (cuda uses gsplat)"})
+    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     regions: tuple[str, ...] = field(default=("face", "lips", "eyes", "scalp", "neck"),
                                      metadata={"help": "head-model regions whose triangles carry Gaussians"})
@@ -92,13 +94,13 @@ class AvatarConfig:
     expression_lr: float = field(default=1e-3, metadata={"help": "per-frame expression learning rate"})
     pose_lr: float = field(default=1e-5, metadata={"help": "per-frame rotation/neck/jaw/eyes learning rate"})
     translation_lr: float = field(default=1e-6, metadata={"help": "per-frame translation learning rate"})
-    lambda_ssim: float = field(default=0.2, metadata={"help": "weight of 1 - SSIM"})
-    lambda_alpha: float = field(default=0.1, metadata={
+    w_ssim: float = field(default=0.2, metadata={"help": "weight of 1 - SSIM"})
+    w_alpha: float = field(default=0.1, metadata={
         "help": "weight of the L1 between the rendered alpha and the person mask (keeps dark Gaussians, invisible over "
                 "the black training background, off the composited background)"})
-    lambda_position: float = field(default=0.01, metadata={"help": "local position regulariser weight"})
+    w_position: float = field(default=0.01, metadata={"help": "local position regulariser weight"})
     threshold_position: float = field(default=1.0, metadata={"help": "local |xyz| allowed without penalty"})
-    lambda_scale: float = field(default=1.0, metadata={"help": "local scale regulariser weight"})
+    w_scale: float = field(default=1.0, metadata={"help": "local scale regulariser weight"})
     threshold_scale: float = field(default=0.6, metadata={"help": "local scale allowed without penalty"})
     sh_degree: int = field(default=3, metadata={"help": "highest SH degree (0..3)"})
     sh_ramp: float = field(default=0.3, metadata={
@@ -121,6 +123,8 @@ class AvatarConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
+        validate(self)
+        self.device = resolve_device(self.device)
         self.schedule()  # a schedule that cannot work fails here, before any data is read
 
     def schedule(self) -> Schedule:
@@ -207,7 +211,7 @@ def posed_vertices(model: HeadModel, params: HeadParams, chunk: int = 64) -> tor
     return torch.cat([model.forward_params(params[i:i + chunk]) for i in range(0, params.batch, chunk)])
 
 
-def check_head_model(model: HeadModel, subject: Subject, params: HeadParams) -> None:
+def check_tracked_with(model: HeadModel, subject: Subject, params: HeadParams) -> None:
     """Raise a ValueError naming the SUBJECT files when ``model`` is not the head model the subject was tracked with."""
     hm = subject.meta.get("head_model", {})
     if hm.get("kind") and hm["kind"] != model.kind:
@@ -303,11 +307,11 @@ def regularisers(gaussians: BoundGaussians, cfg: AvatarConfig) -> torch.Tensor:
     """GaussianAvatars' position and scale penalties on the local parameters (a scalar)."""
     pos = torch.relu(gaussians.xyz.norm(dim=-1) - cfg.threshold_position).mean()
     scl = torch.relu(torch.exp(gaussians.log_scale) - cfg.threshold_scale).mean()
-    return cfg.lambda_position * pos + cfg.lambda_scale * scl
+    return cfg.w_position * pos + cfg.w_scale * scl
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_avatar(
     gaussians: BoundGaussians, model: HeadModel, data: TrainData, idx: np.ndarray, sh_degree: int, device: str
 ) -> dict[str, float]:
     """Mean PSNR / SSIM / L1 over frames ``idx`` (tracked parameters, unmasked pixels only)."""
@@ -323,7 +327,7 @@ def evaluate(
 
 
 @dataclass
-class FitResult:
+class AvatarFit:
     """What :func:`fit_avatar` returns."""
 
     gaussians: BoundGaussians
@@ -336,26 +340,18 @@ class FitResult:
     resumed_from: int | None
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Path) -> FitResult:
+def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Path) -> AvatarFit:
     """The training loop: initialise (or resume from ``out_dir/checkpoint.pt``), train to ``cfg.iterations``,
-    checkpoint every ``cfg.checkpoint_every`` iterations and at the end, and evaluate on the test frames.
+    checkpoint every ``cfg.checkpoint_every`` iterations and at the end (:mod:`gaussian_flametalk.io.training`), and
+    evaluate on the test frames.
 
     Args:
         data: frames, masks, tracked parameters, camera and split (:func:`load_training_data` or built in memory).
         model: the head model (on ``cfg.device``).
         cfg: options; out_dir: where the checkpoint lives (created).
     """
-    from tqdm.auto import tqdm
-
     device = torch.device(cfg.device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoint.pt"
     model = model.to(device)
     faces = model.faces
     camera = data.camera.to(device)
@@ -372,59 +368,31 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
     k_mean = float(face_scale[triangles].mean())
 
     frames = FrameParams(data.params.to(device), tuned_parts(model) if cfg.tune_params else ())
-    start, resumed_from, history, elapsed = 0, None, [], 0.0
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if (state["n_vertices"], state["n_faces"]) != (model.n_vertices, model.n_faces):
-            raise ValueError(
-                f"{ckpt_path}: made with a head model of {state['n_vertices']} vertices / {state['n_faces']} "
-                f"triangles, this one has {model.n_vertices} / {model.n_faces}: not the same head model"
-            )
+    ckpt = Checkpoint(out_dir / "checkpoint.pt", {"n_vertices": model.n_vertices, "n_faces": model.n_faces})
+    state = ckpt.read(device)
+    if state is not None:
         gaussians = BoundGaussians.from_tensors(state["gaussians"], model.n_faces).to(device)
-        frames.load_state_dict(state["frames"])
-        optimizer = _optimizer(gaussians, frames, cfg, k_mean)
-        optimizer.load_state_dict(state["optimizer"])
-        stats = DensifyStats(len(gaussians), device)
-        stats.load_state_dict(state["stats"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start = resumed_from = int(state["iteration"])
-        history, elapsed = state["history"], float(state["train_seconds"])
     else:
         colors = _init_colors(data, model, triangles, device)
         gaussians = BoundGaussians.init(triangles, model.n_faces, colors, cfg.init_scale, cfg.init_opacity).to(device)
-        optimizer = _optimizer(gaussians, frames, cfg, k_mean)
-        stats = DensifyStats(len(gaussians), device)
-
+    optimizer = _optimizer(gaussians, frames, cfg, k_mean)
+    stats = DensifyStats(len(gaussians), device)
+    run = restore(state, {"frames": frames, "optimizer": optimizer, "stats": stats}, gen) if state else RunState()
     schedule = cfg.schedule()
-    sh_degree_at = schedule.sh_degree
-
-    def checkpoint(it: int, seconds: float) -> None:
-        _save_checkpoint(ckpt_path, {
-            "iteration": it, "gaussians": gaussians.tensors(), "frames": frames.state_dict(),
-            "optimizer": optimizer.state_dict(), "stats": stats.state_dict(), "generator": gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "history": history, "train_seconds": seconds,
-            "n_vertices": model.n_vertices, "n_faces": model.n_faces, "sh_degree": sh_degree_at(it),
-            "config": config_to_dict(cfg),
-        })
-
     train_idx = torch.as_tensor(data.train_idx, dtype=torch.long)
-    bar = tqdm(total=cfg.iterations, initial=min(start, cfg.iterations), desc="train-avatar", unit="it",
-               disable=not cfg.progress, dynamic_ncols=True)
-    t0 = time.perf_counter()
-    for it in range(start, cfg.iterations):
+
+    def step(it: int) -> dict | None:
         for group in optimizer.param_groups:
             if group["name"] == "xyz":
                 group["lr"] = _position_lr(cfg, it, k_mean)
         sel = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), generator=gen)]
         target, weight = data.batch(sel, device)
-        deg = sh_degree_at(it)
-        image, alpha, info = render_frames(gaussians, model, frames.gather(sel), camera, deg)
-        photo = (1 - cfg.lambda_ssim) * l1(image, target, weight) + cfg.lambda_ssim * (1 - ssim(image, target, weight))
+        image, alpha, info = render_frames(gaussians, model, frames.gather(sel), camera, schedule.sh_degree(it))
+        photo = (1 - cfg.w_ssim) * l1(image, target, weight) + cfg.w_ssim * (1 - ssim(image, target, weight))
         loss = photo + regularisers(gaussians, cfg)
         silhouette = data.silhouette(sel, device)
-        if silhouette is not None and cfg.lambda_alpha > 0:
-            loss = loss + cfg.lambda_alpha * l1(alpha, silhouette, weight)
+        if silhouette is not None and cfg.w_alpha > 0:
+            loss = loss + cfg.w_alpha * l1(alpha, silhouette, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if schedule.collect_gradients(it) and info.means2d.grad is not None:
@@ -436,21 +404,23 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
                               cfg.percent_dense * cfg.extent, cfg.min_opacity, cfg.max_size * cfg.extent, gen)
         if schedule.reset_at(done):
             reset_opacity(gaussians, optimizer)
-        if done % 10 == 0 or done == cfg.iterations:
-            p = psnr(image, target, weight)
-            history.append({"iteration": done, "loss": float(loss.item()), "psnr": p, "n": len(gaussians)})
-            bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{p:.2f}", n=len(gaussians), sh=deg)
-        bar.update(1)
-        if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-            checkpoint(done, elapsed + time.perf_counter() - t0)
-    bar.close()
-    iterations_run = max(cfg.iterations - start, 0)
-    elapsed += time.perf_counter() - t0
-    if not ckpt_path.is_file():  # zero iterations asked for
-        checkpoint(start, elapsed)
-    deg = sh_degree_at(max(cfg.iterations, start, 1) - 1)
-    test = evaluate(gaussians, model, data, data.test_idx, deg, str(device))
-    return FitResult(gaussians, frames.all(), deg, test, history, iterations_run, elapsed, resumed_from)
+        if done % 10 and done != cfg.iterations:
+            return None
+        return {"loss": float(loss.item()), "psnr": psnr(image, target, weight), "n": len(gaussians),
+                "sh": schedule.sh_degree(it)}
+
+    resumed_from = run.resumed_from
+    start = run.iteration
+    run = run_training(
+        ckpt, run, cfg.iterations, step,
+        lambda: {"gaussians": gaussians.tensors(), "frames": frames, "optimizer": optimizer, "stats": stats}, gen,
+        checkpoint_every=cfg.checkpoint_every, extra=lambda it: {"sh_degree": schedule.sh_degree(max(it, 1) - 1),
+                                                                 "config": config_to_dict(cfg)},
+        desc="train-avatar", progress=cfg.progress)
+    deg = schedule.sh_degree(max(cfg.iterations, start, 1) - 1)
+    test = evaluate_avatar(gaussians, model, data, data.test_idx, deg, str(device))
+    return AvatarFit(gaussians, frames.all(), deg, test, run.history, max(cfg.iterations - start, 0),
+                     run.train_seconds, resumed_from)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -469,7 +439,7 @@ def open_subject(cfg: AvatarConfig) -> tuple[Subject, HeadModel, HeadParams]:
     hm = subject.meta["head_model"]
     spec = cfg.head_model or hm["spec"]
     model = load_head_model(spec, n_shape=hm["n_shape"], n_expression=hm["n_expression"])
-    check_head_model(model, subject, params)
+    check_tracked_with(model, subject, params)
     return subject, model, params
 
 
@@ -481,9 +451,7 @@ def save_grid(path: Path, rows: list[tuple[np.ndarray, np.ndarray]]) -> None:
     for gt, rendered in rows:
         err = np.clip(np.abs(gt.astype(np.int16) - rendered.astype(np.int16)).mean(axis=-1) * 4, 0, 255).astype(np.uint8)
         lines.append(np.concatenate([gt, rendered, cv2.applyColorMap(err, cv2.COLORMAP_INFERNO)[..., ::-1]], axis=1))
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    cv2.imwrite(str(tmp), np.concatenate(lines, axis=0)[..., ::-1])
-    os.replace(tmp, path)
+    save_png(path, np.concatenate(lines, axis=0))
 
 
 def train_avatar(cfg: AvatarConfig) -> dict:
@@ -502,15 +470,14 @@ def train_avatar(cfg: AvatarConfig) -> dict:
     t0 = time.perf_counter()
     data = load_training_data(subject, model.cpu(), triangles, cfg.resolution)
     static = static_background(subject.n_frames, subject.frame, subject.mask)
-    _write_png(out / "background.png", static)
+    save_png(out / "background.png", static)
     t_load = time.perf_counter() - t0
 
     result = fit_avatar(data, model, cfg, out)
     device = torch.device(cfg.device)
     model = model.to(device)
     final = result.params
-    np.savez(_tmp(out / "params.npz"), **final.to_numpy())
-    os.replace(_tmp(out / "params.npz"), out / "params.npz")
+    save_npz(out / "params.npz", **final.to_numpy())
     frame = min(max(cfg.ply_frame, 0), subject.n_frames - 1)
     with torch.no_grad():
         verts = model.forward_params(final[frame:frame + 1].to(device))[0]
@@ -526,34 +493,18 @@ def train_avatar(cfg: AvatarConfig) -> dict:
     save_grid(out / "test_grid.png", rows)
 
     ips = result.iterations_run / result.train_seconds if result.train_seconds > 0 and result.iterations_run else None
-    meta = {
-        "stage": "train-avatar",
-        "config": config_to_dict(cfg),
-        "versions": package_versions("gsplat"),
-        "inputs": {"subject": str(subject.root.resolve()), "head_model": subject.meta["head_model"],
-                   "n_vertices": model.n_vertices, "n_faces": model.n_faces, "n_frames": subject.n_frames,
-                   "train_frames": len(data.train_idx), "test_frames": len(data.test_idx)},
-        "resumed_from": result.resumed_from,
-        "timings": {"load_s": t_load, "train_s": result.train_seconds, "total_s": time.perf_counter() - t_start,
-                    "iterations_per_s": ips, "device": str(device)},
-        "figures": {"test_psnr": result.test["psnr"], "test_ssim": result.test["ssim"], "test_l1": result.test["l1"],
-                    "n_gaussians": len(result.gaussians), "sh_degree": result.sh_degree,
-                    "final_train_loss": result.history[-1]["loss"] if result.history else None},
-        "outputs": ["checkpoint.pt", "params.npz", "avatar.ply", "background.png", "test_grid.png"],
-    }
-    write_json(out / "meta.json", meta)
-    return meta
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.tmp{path.suffix}")
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    import cv2
-
-    cv2.imwrite(str(_tmp(path)), rgb[..., ::-1])
-    os.replace(_tmp(path), path)
+    return write_meta(out / "meta.json", StageMeta(
+        stage="train-avatar", config=config_to_dict(cfg), versions=package_versions("gsplat"),
+        inputs={"subject": str(subject.root.resolve()), "head_model": subject.meta["head_model"],
+                "n_vertices": model.n_vertices, "n_faces": model.n_faces, "n_frames": subject.n_frames,
+                "train_frames": len(data.train_idx), "test_frames": len(data.test_idx)},
+        outputs=["checkpoint.pt", "params.npz", "avatar.ply", "background.png", "test_grid.png"],
+        timings={"load_s": t_load, "train_s": result.train_seconds, "total_s": time.perf_counter() - t_start,
+                 "iterations_per_s": ips, "device": str(device)},
+        figures={"test_psnr": result.test["psnr"], "test_ssim": result.test["ssim"], "test_l1": result.test["l1"],
+                 "n_gaussians": len(result.gaussians), "sh_degree": result.sh_degree,
+                 "final_train_loss": result.history[-1]["loss"] if result.history else None},
+        extra={"resumed_from": result.resumed_from, "schedule": asdict(cfg.schedule())}))
 
 
 def main(cfg: AvatarConfig) -> int:

@@ -38,11 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from ..config import config_to_dict, package_versions
-from ..flametalk.audio import AudioError, load_audio
+from ..config import config_to_dict, resolve_device, validate
+from ..io.meta import package_versions
+from ..io.audio import AudioError, load_audio
 from ..tracking.landmarks import ClipLandmarks, detect_clip, make_detector
-from ..tracking.subject import Subject
-from ..tracking.video import VideoInfo, iter_frames, probe_video, save_npz
+from ..io.subject import Subject
+from ..atomic import save_npz, write_json, write_text
+from ..io.media import VideoInfo, iter_frames, probe_video
 from .image import ImageQuality, WeightsUnavailableError, load_lpips
 from .motion import load_motion, motion_frames, motion_metrics
 from .report import (
@@ -51,8 +53,6 @@ from .report import (
     plot_spectra,
     plot_trajectories,
     summary_rows,
-    write_json,
-    write_text,
 )
 from .stability import StabilityTerms, stability_score, stability_terms
 
@@ -86,8 +86,12 @@ class EvalConfig:
         "help": "largest relative difference of duration and of frame rate between a video and the reference that is "
                 "aligned (resampled, trimmed); more is refused"})
     detector: str = field(default="mediapipe", metadata={"help": "landmark detector: mediapipe or face-alignment"})
-    device: str = field(default="cpu", metadata={"help": "torch device (LPIPS, SyncNet, motion metrics)"})
+    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def __post_init__(self) -> None:
+        validate(self)
+        self.device = resolve_device(self.device)
 
 
 class ReferenceMismatchError(ValueError):

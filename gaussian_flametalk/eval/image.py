@@ -1,6 +1,6 @@
 """Image quality of a video against a reference of the same frames: PSNR, SSIM and LPIPS (AlexNet, v0.1).
 
-PSNR and SSIM are those of the avatar's training (:mod:`gaussian_flametalk.avatar.losses`: peak 1, SSIM with an
+PSNR and SSIM are those of the avatar's training (:mod:`gaussian_flametalk.metrics.image`: peak 1, SSIM with an
 11x11 Gaussian window of sigma 1.5), per frame on RGB in [0, 1], then averaged over frames.
 
 LPIPS (Zhang et al. 2018, "The Unreasonable Effectiveness of Deep Features as a Perceptual Metric", version 0.1):
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..avatar.losses import psnr, ssim_map
+from ..metrics.image import psnr, ssim_map
 
 __all__ = ["ALEXNET_URL", "LPIPS", "LPIPS_CHANNELS", "AlexNetFeatures", "ImageQuality", "LPIPSHeads",
            "WeightsUnavailableError", "frame_tensor", "load_lpips"]

@@ -1,6 +1,6 @@
 """Mesh-motion metrics of predicted expression + jaw against a SUBJECT's tracked parameters of the same frames.
 
-Both sequences are posed as FlameTalk's training sees them (:mod:`gaussian_flametalk.flametalk.losses`): the motion
+Both sequences are posed as FlameTalk's training sees them (:mod:`gaussian_flametalk.headmodel.motion`): the motion
 (expression, plus jaw where the head model has a jaw joint) on the subject's identity (mean tracked shape), every
 other part of the pose at zero; vertices in millimetres.
 
@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..flametalk.losses import lip_vertex_error, motion_from_params, motion_vertices
+from ..headmodel.motion import motion_from_params, motion_vertices, upper_face_ids
+from ..metrics.motion import face_dynamics_deviation, fourier_frequency_error, lip_vertex_error
 from ..headmodel import HeadModel
-from ..tracking.subject import Subject
+from ..io.subject import Subject
 
 __all__ = ["load_motion", "motion_frames", "motion_metrics"]
 
@@ -71,7 +72,6 @@ def motion_metrics(params: str | os.PathLike, tracked: str | os.PathLike, start:
     ``start``: the subject frame of the first predicted frame when the npz has no ``frames`` array (default: the
     first test-split frame, as in a self-reenactment drive). Returns the figures with the frame range used.
     """
-    from ..flametalk.losses import face_dynamics_deviation, fourier_frequency_error, upper_face_ids
 
     subject = Subject.open(tracked)
     model = subject.head_model().to(device)

@@ -1,6 +1,6 @@
 """The evaluation report: metrics.json, keypoint trajectories (npz), PNG plots, and a side-by-side table.
 
-Every file is written to a temporary name in its folder and renamed when complete. Plots use matplotlib's
+Every file is written atomically (:mod:`gaussian_flametalk.atomic`). Plots use matplotlib's
 object-oriented API with the Agg canvas (no pyplot, no display needed).
 """
 
@@ -9,66 +9,18 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..tracking.subject import write_json as _write_json_file
-from ..tracking.video import temp_path
+from ..atomic import save_figure
 from .stability import NOSE, StabilityTerms, power_spectrum
 
-__all__ = ["UNAVAILABLE", "format_table", "plot_spectra", "plot_trajectories", "summary_rows",
-           "write_json", "write_text"]
+__all__ = ["UNAVAILABLE", "format_table", "plot_spectra", "plot_trajectories", "summary_rows"]
 
 #: key of a metric section that could not be computed; its value says why
 UNAVAILABLE = "unavailable"
 _NOSE_TIP = NOSE.index(30)
-
-
-def _jsonable(value: Any) -> Any:
-    """Non-finite floats -> None, numpy scalars/arrays -> Python, paths -> str (recursively)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def write_json(path: str | os.PathLike, data: dict) -> None:
-    """JSON (NaN/inf written as null), atomically."""
-    _write_json_file(Path(path), _jsonable(data))
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """A text file, atomically."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _save_figure(fig, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    tmp = temp_path(path)
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _mean_spectrum(terms: StabilityTerms) -> tuple[np.ndarray, np.ndarray, int]:
@@ -100,7 +52,7 @@ def plot_spectra(path: str | os.PathLike, series: dict[str, StabilityTerms], tit
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, Path(path))
+    save_figure(fig, path)
 
 
 def plot_trajectories(path: str | os.PathLike, series: dict[str, StabilityTerms], title: str) -> None:
@@ -125,7 +77,7 @@ def plot_trajectories(path: str | os.PathLike, series: dict[str, StabilityTerms]
     ax_x.set_title(title)
     ax_m.legend(fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, Path(path))
+    save_figure(fig, path)
 
 
 def _get(entry: dict, dotted: str) -> Any:

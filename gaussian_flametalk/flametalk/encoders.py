@@ -25,13 +25,15 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .audio import SAMPLE_RATE
+from ..registry import Registry
+from ..io.audio import SAMPLE_RATE
 
-__all__ = ["AudioEncoder", "EncoderNotFoundError", "MelEncoder", "TransformersEncoder", "feature_times",
+__all__ = ["AUDIO_ENCODERS", "AudioEncoder", "EncoderNotFoundError", "MelEncoder", "TransformersEncoder", "feature_times",
            "frames_for_samples", "interpolate_features", "load_encoder", "mel_filterbank"]
 
 
@@ -92,6 +94,10 @@ class AudioEncoder(nn.Module):
 
     def forward(self, wave: torch.Tensor, n_frames: int, fps: float = 25.0) -> torch.Tensor:
         raise NotImplementedError
+
+    def prepare(self, wave: np.ndarray | torch.Tensor) -> None:
+        """Called once per training clip before its pieces are encoded (an encoder that decodes whole clips, like
+        ``phonetic``, caches the clip here); nothing to do for the others."""
 
 
 class MelEncoder(AudioEncoder):
@@ -168,24 +174,59 @@ class TransformersEncoder(AudioEncoder):
         return interpolate_features(hidden, times.float(), feature_times(n_frames, fps, wave.device))
 
 
+AUDIO_ENCODERS = Registry("audio encoder", "--audio-encoder")
+
+
+def _transformers_available() -> tuple[bool | None, str]:
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        return False, "transformers is not installed"
+    return True, "transformers importable; weights from the hub cache or a local folder"
+
+
+@AUDIO_ENCODERS.register("mel", help="log-mel + convolutions (built in, no weights)")
+def _mel(arg: str | None, dim: int = 128) -> AudioEncoder:
+    return MelEncoder(dim)
+
+
+@AUDIO_ENCODERS.register("phonetic", help="PocketSphinx phone-loop phones (offline, model in its wheel)",
+                         available=lambda: _phonetic_available())
+def _phonetic(arg: str | None, dim: int = 128) -> AudioEncoder:
+    from .phonetic import PhoneticEncoder
+
+    return PhoneticEncoder(dim)
+
+
+@AUDIO_ENCODERS.register("mel+phonetic", help="the mel and phonetic streams side by side (2 x dim channels)",
+                         available=lambda: _phonetic_available())
+def _mel_phonetic(arg: str | None, dim: int = 128) -> AudioEncoder:
+    from .phonetic import MelPhoneticEncoder
+
+    return MelPhoneticEncoder(dim)
+
+
+def _phonetic_available() -> tuple[bool | None, str]:
+    import importlib.util
+
+    if importlib.util.find_spec("pocketsphinx") is None:
+        return False, "pocketsphinx is not installed (pip install pocketsphinx==5.1.1)"
+    return True, "pocketsphinx importable (en-us model in its wheel)"
+
+
+@AUDIO_ENCODERS.register("wav2vec2", arg="required", arg_help="HUB_ID_OR_DIR (e.g. facebook/wav2vec2-base-960h)",
+                         help="a wav2vec 2.0 model through transformers", available=_transformers_available)
+def _wav2vec2(arg: str | None, dim: int = 128) -> AudioEncoder:
+    return TransformersEncoder("wav2vec2", arg)
+
+
+@AUDIO_ENCODERS.register("hubert", arg="required", arg_help="HUB_ID_OR_DIR (e.g. facebook/hubert-base-ls960)",
+                         help="a HuBERT model through transformers", available=_transformers_available)
+def _hubert(arg: str | None, dim: int = 128) -> AudioEncoder:
+    return TransformersEncoder("hubert", arg)
+
+
 def load_encoder(spec: str, dim: int = 128) -> AudioEncoder:
     """``mel``, ``phonetic`` (``dim`` output channels), ``mel+phonetic`` (``2 dim``), ``wav2vec2:ID_OR_DIR`` or
-    ``hubert:ID_OR_DIR`` (their own width)."""
-    kind, _, model_id = spec.partition(":")
-    if kind in ("phonetic", "mel+phonetic"):
-        from .phonetic import MelPhoneticEncoder, PhoneticEncoder
-
-        if model_id:
-            raise ValueError(f"audio encoder '{spec}': {kind} takes no model id")
-        return PhoneticEncoder(dim) if kind == "phonetic" else MelPhoneticEncoder(dim)
-    if kind == "mel":
-        if model_id:
-            raise ValueError(f"audio encoder '{spec}': mel takes no model id")
-        return MelEncoder(dim)
-    if kind in ("wav2vec2", "hubert"):
-        if not model_id:
-            default = "facebook/wav2vec2-base-960h" if kind == "wav2vec2" else "facebook/hubert-base-ls960"
-            raise ValueError(f"audio encoder '{kind}' needs a hub id or folder, e.g. {kind}:{default}")
-        return TransformersEncoder(kind, model_id)
-    raise ValueError(f"unknown audio encoder '{spec}' (mel, phonetic, mel+phonetic, wav2vec2:ID_OR_DIR, "
-                     "hubert:ID_OR_DIR)")
+    ``hubert:ID_OR_DIR`` (their own width): :data:`AUDIO_ENCODERS`."""
+    return AUDIO_ENCODERS.build(spec, dim=dim)

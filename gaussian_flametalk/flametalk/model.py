@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..headmodel import HeadModel
-from .audio import SAMPLE_RATE
+from ..io.audio import SAMPLE_RATE
 from .encoders import AudioEncoder, frames_for_samples
 
 __all__ = ["FlameTalk", "FlameTalkSpec", "StreamingPredictor", "StyleEncoder", "alibi_slopes", "alignment_mask",

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import SAMPLE_RATE
+from ..io.audio import SAMPLE_RATE
 from .encoders import AudioEncoder, MelEncoder
 
 __all__ = ["FRAME_OFFSET_S", "MelPhoneticEncoder", "N_FEATURES", "OPENNESS", "PHONES", "PHONE_CLASS",

@@ -30,27 +30,31 @@ mean-motion baseline, mouth-opening correlation, it/s).
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-from ..config import config_to_dict, package_versions
+from ..atomic import save_npz, write_json
+from ..config import config_to_dict, resolve_device, validate
 from ..headmodel import HeadModel
-from ..tracking.subject import Subject, write_json
-from .audio import SAMPLE_RATE, AudioError, load_audio
+from ..io.meta import package_versions
+from ..io.subject import Subject
+from ..io.training import Checkpoint, RunState, restore, run_training
+from ..io.audio import SAMPLE_RATE, AudioError, load_audio
 from .encoders import AudioEncoder, load_encoder
-from .losses import (lip_vertex_error, motion_from_params, motion_to_kwargs, motion_vertices, mouth_opening,
-                     trend_loss, velocity_loss, vertex_loss)
+from ..headmodel.motion import motion_from_params, motion_to_kwargs, motion_vertices, mouth_opening
+from ..metrics.motion import lip_vertex_error
+from .losses import trend_loss, velocity_loss, vertex_loss
 from .model import FlameTalk, FlameTalkSpec, predict
 from .ptalker import (adversarial_loss, infonce_loss, orthogonality_loss, style_kl_loss, style_similarity_loss,
                       topk_contrastive_loss)
 
-__all__ = ["STAGE_GROUPS", "TalkConfig", "TalkData", "TalkModel", "evaluate", "fit_talk", "load_reference_motion",
-           "load_subject_data", "load_talk", "main", "train_talk"]
+__all__ = ["STAGE_GROUPS", "TalkConfig", "TalkData", "evaluate_talk", "fit_talk", "load_subject_data", "main",
+           "train_talk"]
 
 #: Parameter groups ``--stage1-frozen`` can name: the audio encoder, the decoder (everything of FlameTalk outside the
 #: PTalker encoders) and the PTalker submodules.
@@ -64,7 +68,8 @@ class TalkConfig:
 
     subjects: tuple[Path, ...] = field(metadata={"help": "tracked SUBJECT folders (from gft track)"})
     out: Path | None = field(default=None, metadata={"help": "output folder (default: FIRST_SUBJECT/talk)"})
-    audio_encoder: str = field(default="mel", metadata={"help": "mel | wav2vec2:ID_OR_DIR | hubert:ID_OR_DIR"})
+    audio_encoder: str = field(default="mel", metadata={
+        "help": "mel | phonetic | mel+phonetic | wav2vec2:ID_OR_DIR | hubert:ID_OR_DIR"})
     iterations: int = field(default=3000, metadata={"help": "total training iterations (a re-run resumes)"})
     seq_frames: int = field(default=100, metadata={"help": "frames per training clip"})
     batch_size: int = field(default=4, metadata={"help": "clips per iteration"})
@@ -82,9 +87,10 @@ class TalkConfig:
     loss_regions: tuple[str, ...] = field(default=("face",), metadata={"help": "head-model regions in the loss"})
     window: int = field(default=100, metadata={"help": "inference window (frames)"})
     overlap: int = field(default=10, metadata={"help": "inference window overlap, cross-faded (frames)"})
-    infer_mode: str = field(default="autoregressive", metadata={"help": "autoregressive | parallel"})
+    infer_mode: Literal["autoregressive", "parallel"] = field(default="autoregressive", metadata={
+        "help": "test-split inference: autoregressive (each prediction fed back) or parallel (one pass, mean history)"})
     checkpoint_every: int = field(default=250, metadata={"help": "checkpoint interval (iterations)"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
+    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     ptalker: bool = field(default=False, metadata={"help": "PTalker style encoders and losses (2+ SUBJECTs): "
@@ -108,6 +114,10 @@ class TalkConfig:
     w_content: float = field(default=0.05, metadata={"help": "PTalker: motion content / audio InfoNCE weight"})
     topk: int = field(default=3, metadata={"help": "PTalker: hardest negatives in the contrastive loss"})
     temperature: float = field(default=0.1, metadata={"help": "PTalker: temperature of InfoNCE, contrastive, KL"})
+
+    def __post_init__(self) -> None:
+        validate(self)
+        self.device = resolve_device(self.device)
 
 
 @dataclass
@@ -170,36 +180,7 @@ def loss_vertex_ids(model: HeadModel, regions: tuple[str, ...]) -> torch.Tensor:
     return torch.unique(torch.cat([model.regions[r] for r in regions]))
 
 
-@dataclass
-class TalkModel:
-    """A trained FlameTalk with what inference needs (``load_talk``). PTalker models also keep the speaker's
-    training-subject index (None: unseen) and the reference motion (T_ref, M) its motion style comes from."""
-
-    model: FlameTalk
-    encoder: AudioEncoder
-    head: HeadModel
-    template: torch.Tensor
-    shape: torch.Tensor
-    fps: float
-    window: int
-    overlap: int
-    subject_index: int | None = None
-    reference: torch.Tensor | None = None
-
-    def predict(self, wave: np.ndarray, mode: str = "autoregressive") -> np.ndarray:
-        """(S,) 16 kHz -> (T, M) motion."""
-        return predict(self.model, self.encoder, wave, self.template, self.fps, mode, self.window, self.overlap,
-                       subject=self.subject_index, reference=self.reference)
-
-    def predict_file(self, path: str | os.PathLike, mode: str = "autoregressive") -> dict[str, np.ndarray]:
-        """Any audio file -> ``expression`` (T, E) and ``jaw`` (T, 3) (zero without a jaw joint). A silent file gives
-        the model's closed-mouth motion."""
-        motion = torch.from_numpy(self.predict(load_audio(path, allow_silent=True), mode))
-        kw = motion_to_kwargs(motion, self.head)
-        return {"expression": kw["expression"].numpy(), "jaw": kw.get("jaw", torch.zeros(len(motion), 3)).numpy()}
-
-
-def evaluate(model: FlameTalk, encoder: AudioEncoder, head: HeadModel, data: TalkData, cfg: TalkConfig,
+def evaluate_talk(model: FlameTalk, encoder: AudioEncoder, head: HeadModel, data: TalkData, cfg: TalkConfig,
              ids: torch.Tensor, mode: str, subject: int | None = None) -> tuple[dict[str, float], np.ndarray]:
     """Predict the test frames from their audio and score them (mm) against the tracked motion and against the
     training-mean baseline. A PTalker model takes its motion style from the subject's training frames and its
@@ -289,8 +270,6 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
     """The training loop: initialise (or resume from ``out_dir/checkpoint.pt``), train to ``cfg.iterations`` and
     checkpoint. With ``cfg.ptalker`` the subjects' order in ``datas`` is their one-hot identity.
     Returns (model, encoder, info with history, iterations run, seconds, resumed_from)."""
-    from tqdm.auto import tqdm
-
     if cfg.ptalker:
         _check_ptalker(datas, cfg)
     device = torch.device(cfg.device)
@@ -299,6 +278,8 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     encoder = load_encoder(cfg.audio_encoder, cfg.mel_dim).to(device)
+    for d in datas:
+        encoder.prepare(d.wave)
     extra = dict(ptalker=True, n_subjects=len(datas), gat_points=cfg.gat_points, gat_layers=cfg.gat_layers,
                  style_frames=cfg.style_frames) if cfg.ptalker else {}
     spec = FlameTalkSpec(head.motion_dim, encoder.dim, head.n_vertices, cfg.dim, cfg.heads, cfg.layers, 2,
@@ -317,28 +298,13 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
                 p.requires_grad_(stage == 2)
         return stage
 
-    start, resumed_from, history, elapsed = 0, None, [], 0.0
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if FlameTalkSpec(**state["spec"]) != spec or state["audio_encoder"] != cfg.audio_encoder:
-            raise ValueError(f"{ckpt_path}: made with another architecture or audio encoder ({state['spec']}, "
-                             f"{state['audio_encoder']}); delete it or use another --out")
-        model.load_state_dict(state["model"])
-        encoder.load_state_dict(state["encoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start = resumed_from = int(state["iteration"])
-        history, elapsed = state["history"], float(state["train_seconds"])
-
-    def checkpoint(it: int, seconds: float) -> None:
-        tmp = ckpt_path.with_name(f".{ckpt_path.name}.tmp")
-        torch.save({"iteration": it, "model": model.state_dict(), "encoder": encoder.state_dict(),
-                    "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(), "history": history, "train_seconds": seconds,
-                    "spec": asdict(spec), "audio_encoder": cfg.audio_encoder, "config": config_to_dict(cfg),
-                    "head_model": head.kind}, tmp)
-        os.replace(tmp, ckpt_path)
+    ckpt = Checkpoint(ckpt_path, {"spec": asdict(spec), "audio_encoder": cfg.audio_encoder, "encoder_dim": cfg.mel_dim,
+                                  "head_model": head.kind},
+                      normalize={"spec": lambda saved: asdict(FlameTalkSpec(**saved))})  # older specs: defaults
+    state = ckpt.read(device)
+    objects = {"model": model, "encoder": encoder, "optimizer": optimizer}
+    run = restore(state, objects, gen) if state is not None else RunState()
+    resumed_from, start = run.resumed_from, run.iteration
 
     ids = loss_vertex_ids(head, cfg.loss_regions).to(device)
     for d in datas:
@@ -347,10 +313,8 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
     ctx = _context_frames(encoder, datas[0].fps)
     model.train()
     encoder.train()
-    bar = tqdm(total=cfg.iterations, initial=min(start, cfg.iterations), desc="train-talk", unit="it",
-               disable=not cfg.progress, dynamic_ncols=True)
-    t0 = time.perf_counter()
-    for it in range(start, cfg.iterations):
+
+    def step(it: int) -> dict:
         stage = set_stage(it) if cfg.ptalker else None
         feats, motion, hist, shapes, refs, labels = [], [], [], [], [], []
         for _ in range(cfg.batch_size):
@@ -406,23 +370,16 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        done = it + 1
-        history.append({"iteration": done, "loss": float(loss.item()), **row})
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        bar.update(1)
-        if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-            checkpoint(done, elapsed + time.perf_counter() - t0)
-    bar.close()
+        return {"loss": float(loss.item()), **row}
+
+    run = run_training(ckpt, run, cfg.iterations, step, lambda: objects, gen, checkpoint_every=cfg.checkpoint_every,
+                       extra=lambda it: {"config": config_to_dict(cfg)}, desc="train-talk", progress=cfg.progress)
     if cfg.ptalker:
         set_stage(cfg.stage_switch)  # leave every group trainable
-    run = max(cfg.iterations - start, 0)
-    elapsed += time.perf_counter() - t0
-    if not ckpt_path.is_file():
-        checkpoint(start, elapsed)
     model.eval()
     encoder.eval()
-    return model, encoder, {"history": history, "iterations_run": run, "train_seconds": elapsed,
-                            "resumed_from": resumed_from, "spec": asdict(spec)}
+    return model, encoder, {"history": run.history, "iterations_run": max(cfg.iterations - start, 0),
+                            "train_seconds": run.train_seconds, "resumed_from": resumed_from, "spec": asdict(spec)}
 
 
 def open_subjects(cfg: TalkConfig) -> tuple[list[Subject], HeadModel, list[TalkData]]:
@@ -455,15 +412,12 @@ def train_talk(cfg: TalkConfig) -> dict:
     for k, (subject, d) in enumerate(zip(subjects, datas)):
         name = d.name if [x.name for x in datas].count(d.name) == 1 else f"{k}_{d.name}"
         t0 = time.perf_counter()
-        figures, pred = evaluate(model, encoder, head, d, cfg, ids, cfg.infer_mode, k if cfg.ptalker else None)
+        figures, pred = evaluate_talk(model, encoder, head, d, cfg, ids, cfg.infer_mode, k if cfg.ptalker else None)
         figures["predict_seconds"] = time.perf_counter() - t0
         kw = motion_to_kwargs(torch.from_numpy(pred), head)
         frames = d.test_idx[: len(pred)]
-        tmp = out / "test" / f".{name}.tmp.npz"
-        np.savez(tmp, frames=frames, motion_pred=pred, motion_true=d.motion[frames].numpy(),
-                 expression=kw["expression"].numpy(),
-                 jaw=kw.get("jaw", torch.zeros(len(pred), 3)).numpy())
-        os.replace(tmp, out / "test" / f"{name}.npz")
+        save_npz(out / "test" / f"{name}.npz", frames=frames, motion_pred=pred, motion_true=d.motion[frames].numpy(),
+                 expression=kw["expression"].numpy(), jaw=kw.get("jaw", torch.zeros(len(pred), 3)).numpy())
         results[name] = {"subject": str(subject.root), **figures}
     meta = {
         "stage": "train-talk",
@@ -483,88 +437,6 @@ def train_talk(cfg: TalkConfig) -> dict:
     }
     write_json(out / "meta.json", meta)
     return meta
-
-
-def load_reference_motion(path: str | os.PathLike, head: HeadModel) -> torch.Tensor:
-    """A speaker's motion (T, M) for a PTalker style: a SUBJECT folder (its tracked parameters) or an ``.npz`` with
-    ``expression`` (T, E) and, for head models with a jaw joint, ``jaw`` (T, 3) (a ``params.npz``, or the
-    ``test/*.npz`` and ``gft drive`` outputs)."""
-    path = Path(path)
-    if path.is_dir():
-        subject = Subject.open(path)
-        hm = subject.meta["head_model"]
-        if hm["n_expression"] != head.n_expression:
-            raise ValueError(f"{path}: tracked with {hm['spec']} ({hm['n_expression']} expressions), but the model "
-                             f"drives {head.n_expression}")
-        return motion_from_params(subject.params(), head)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such style reference (a SUBJECT folder or a motion .npz)")
-    try:
-        with np.load(path) as z:
-            arrays = {k: z[k] for k in ("expression", "jaw") if k in z.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable .npz motion file ({e})") from e
-    need = ["expression"] + (["jaw"] if "jaw" in head.pose_parts else [])
-    missing = [k for k in need if k not in arrays]
-    if missing:
-        raise ValueError(f"{path}: style reference lacks {missing} (needs {need} per frame)")
-    expr = arrays["expression"]
-    if expr.ndim != 2 or expr.shape[1] != head.n_expression or len(expr) == 0:
-        raise ValueError(f"{path}: expression must be (T, {head.n_expression}) with T >= 1, got {expr.shape}")
-    parts = [expr] + ([arrays["jaw"]] if "jaw" in need else [])
-    if "jaw" in need and arrays["jaw"].shape != (len(expr), 3):
-        raise ValueError(f"{path}: jaw must be ({len(expr)}, 3), got {arrays['jaw'].shape}")
-    motion = torch.from_numpy(np.concatenate(parts, axis=1).astype(np.float32))
-    if not torch.isfinite(motion).all():
-        raise ValueError(f"{path}: style reference contains NaN or infinite values")
-    return motion
-
-
-def load_talk(folder: str | os.PathLike, subject: str | os.PathLike | None = None, device: str = "cpu",
-              style_reference: str | os.PathLike | None = None) -> TalkModel:
-    """A trained FlameTalk from a ``talk/`` folder, driving the identity of ``subject`` (default: the first SUBJECT
-    it was trained on).
-
-    A PTalker model also needs the speaker's motion style: from ``style_reference`` (a SUBJECT folder or a motion
-    ``.npz``, see :func:`load_reference_motion`) if given, else from ``subject``'s own training frames. A ``subject``
-    the model was not trained on is an unseen subject (no personal one-hot style): its style comes from the reference,
-    without fine-tuning."""
-    folder = Path(folder)
-    meta_path, ckpt_path = folder / "meta.json", folder / "checkpoint.pt"
-    if not meta_path.is_file() or not ckpt_path.is_file():
-        raise FileNotFoundError(f"{folder}: not a finished gft train-talk folder (no meta.json or checkpoint.pt)")
-    import json
-
-    meta = json.loads(meta_path.read_text())
-    state = torch.load(ckpt_path, map_location=device, weights_only=False)
-    subj = Subject.open(subject if subject is not None else meta["subjects"][0])
-    head = subj.head_model()
-    encoder = load_encoder(state["audio_encoder"], state["config"]["mel_dim"]).to(device)
-    encoder.load_state_dict(state["encoder"])
-    spec = FlameTalkSpec(**state["spec"])
-    if spec.motion_dim != head.motion_dim:
-        raise ValueError(f"{subj.root}: its head model has motion size {head.motion_dim}, the model in {folder} "
-                         f"{spec.motion_dim}: drive a subject tracked with the training head model")
-    model = FlameTalk(spec, head if spec.ptalker else None).to(device)
-    model.load_state_dict(state["model"])
-    model.eval()
-    encoder.eval()
-    params = subj.params()
-    motion = motion_from_params(params, head)
-    shape = params.shape.mean(0)
-    with torch.no_grad():
-        template = motion_vertices(head, motion[None], shape).mean(dim=(0, 1))
-    index, reference = None, None
-    if spec.ptalker:
-        trained = [Path(s).resolve() for s in meta["subjects"]]
-        index = trained.index(subj.root.resolve()) if subj.root.resolve() in trained else None
-        reference = (load_reference_motion(style_reference, head) if style_reference is not None
-                     else motion[subj.split()[0]]).to(device)
-    elif style_reference is not None:
-        raise ValueError(f"{folder}: trained without --ptalker: a style reference needs a PTalker model")
-    cfg = meta["config"]
-    return TalkModel(model, encoder, head, template.to(device), shape, float(meta["fps"]), cfg["window"],
-                     cfg["overlap"], index, reference)
 
 
 def main(cfg: TalkConfig) -> int:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 
+from ..registry import Registry
 from .base import IBUG68_PARTS, REGION_NAMES, HeadModel, HeadParams, barycentric_points, vertex_normals
 from .flame import FlameModel
 from .synthetic import make_synthetic_head, save_synthetic_flame
 
 __all__ = [
+    "HEAD_MODELS",
     "IBUG68_PARTS",
     "REGION_NAMES",
     "FlameModel",
@@ -27,32 +29,50 @@ __all__ = [
 ]
 
 
+HEAD_MODELS = Registry("head model", "--head-model")
+
+
+def _env_path(arg: str | None, kind: str, env: str, example: str) -> str:
+    path = arg or os.environ.get(env, "")
+    if not path:
+        raise ValueError(f"--head-model: '{kind}' needs a path: {kind}:{example} (or set {env})")
+    return path
+
+
+def _env_available(env: str) -> tuple[bool | None, str]:
+    return (None, f"set {env} or pass a path") if not os.environ.get(env) else (True, f"{env}={os.environ[env]}")
+
+
+@HEAD_MODELS.register("synthetic", help="a small procedural head in FLAME's format, for tests and the demo")
+def _synthetic(arg: str | None, n_shape: int | None = None, n_expression: int | None = None) -> HeadModel:
+    return make_synthetic_head()
+
+
+@HEAD_MODELS.register("flame", arg="optional", arg_help="PATH", available=lambda: _env_available("GFT_FLAME"),
+                      help="FLAME 2020 generic_model.pkl or FLAME 2023 flame2023.pkl (licensed; bring your own)")
+def _flame(arg: str | None, n_shape: int | None = None, n_expression: int | None = None) -> HeadModel:
+    path = _env_path(arg, "flame", "GFT_FLAME", "/path/to/generic_model.pkl")
+    return FlameModel.from_files(path, n_shape=300 if n_shape is None else n_shape,
+                                 n_expression=100 if n_expression is None else n_expression)
+
+
+@HEAD_MODELS.register("ict", arg="optional", arg_help="PATH", available=lambda: _env_available("GFT_ICT"),
+                      help="an ICT-FaceKit FaceXModel folder (open, MIT)")
+def _ict(arg: str | None, n_shape: int | None = None, n_expression: int | None = None) -> HeadModel:
+    from .ict import IctModel
+
+    path = _env_path(arg, "ict", "GFT_ICT", "/path/to/ICT-FaceKit/FaceXModel")
+    model = IctModel(path, n_shape=n_shape)
+    if n_expression is not None and n_expression != model.n_expression:
+        raise ValueError(f"{path}: ICT-FaceKit uses all {model.n_expression} expression blend shapes of its folder")
+    return model
+
+
 def load_head_model(spec: str, n_shape: int | None = None, n_expression: int | None = None) -> HeadModel:
-    """Build a head model from ``flame:PATH``, ``ict:PATH`` or ``synthetic``.
+    """Build a head model from ``flame:PATH``, ``ict:PATH`` or ``synthetic`` (:data:`HEAD_MODELS`).
 
     ``flame`` and ``ict`` without a path fall back to the ``GFT_FLAME`` / ``GFT_ICT`` environment variables.
     ``n_shape``/``n_expression`` choose how many components to use (default: FLAME 300/100, all for ICT;
     the synthetic head always has 10/10).
     """
-    kind, _, path = spec.partition(":")
-    if kind == "synthetic":
-        if path:
-            raise ValueError(f"head model '{spec}': the synthetic head takes no path")
-        return make_synthetic_head()
-    if kind == "flame":
-        path = path or os.environ.get("GFT_FLAME", "")
-        if not path:
-            raise ValueError("head model 'flame' needs a path: flame:/path/to/generic_model.pkl (or set GFT_FLAME)")
-        return FlameModel.from_files(path, n_shape=300 if n_shape is None else n_shape,
-                                     n_expression=100 if n_expression is None else n_expression)
-    if kind == "ict":
-        from .ict import IctModel
-
-        path = path or os.environ.get("GFT_ICT", "")
-        if not path:
-            raise ValueError("head model 'ict' needs a path: ict:/path/to/ICT-FaceKit/FaceXModel (or set GFT_ICT)")
-        model = IctModel(path, n_shape=n_shape)
-        if n_expression is not None and n_expression != model.n_expression:
-            raise ValueError(f"{path}: ICT-FaceKit uses all {model.n_expression} expression blend shapes of its folder")
-        return model
-    raise ValueError(f"unknown head model '{spec}': use flame:PATH, ict:PATH or synthetic")
+    return HEAD_MODELS.build(spec, n_shape=n_shape, n_expression=n_expression)

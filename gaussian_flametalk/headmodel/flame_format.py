@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
+from ..atomic import atomic_write
+
 #: Keys every FLAME model file has.
 REQUIRED_KEYS = ("f", "v_template", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights")
 #: shapedirs[..., :SHAPE_BLOCK] are identity components, the rest expression (300 + 100 in FLAME 2020/2023).
@@ -177,9 +179,8 @@ def write_flame_pickle(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -
             (scipy.sparse.csc_matrix.__module__, "csc_matrix"): ("scipy.sparse.csc", "csc_matrix"),
         },
     )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _rename_globals(data: bytes, renames: dict[tuple[str, str], tuple[str, str]]) -> bytes:

@@ -56,7 +56,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,6 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import save_npz
 from ..geometry.rotation import axis_angle_to_matrix
 from .base import REGION_NAMES, HeadModel
 
@@ -408,16 +408,7 @@ def _read_cache(path: Path, key: str) -> dict | None:
 
 def _write_cache(path: Path, key: str, arrays: dict) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, key=np.array(key), **{k: arrays[k] for k in _CACHE_KEYS})
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_npz(path, key=np.array(key), **{k: arrays[k] for k in _CACHE_KEYS})
     except OSError as exc:
         warnings.warn(f"could not write the ICT cache {path}: {exc}", stacklevel=3)
 

@@ -26,17 +26,14 @@ import os
 import re
 import subprocess
 import threading
-import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .crop import CropBox
+from ..atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +51,52 @@ __all__ = [
 
 class VideoError(ValueError):
     """A file that cannot be read or written as a video; the message names the file and ffmpeg's reason."""
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A square box in source pixels (after rotation): columns ``x .. x+size``, rows ``y .. y+size``.
+
+    It may extend past the frame borders (negative ``x``/``y`` or ``x + size > width``); the reader pads.
+    """
+
+    x: int
+    y: int
+    size: int
+
+    def as_xyxy(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1), exclusive right/bottom."""
+        return self.x, self.y, self.x + self.size, self.y + self.size
+
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        """Whether each point (..., 2) in source pixels lies inside the box -> bool (...)."""
+        p = np.asarray(points, dtype=np.float64)
+        return ((p[..., 0] >= self.x) & (p[..., 0] <= self.x + self.size)
+                & (p[..., 1] >= self.y) & (p[..., 1] <= self.y + self.size))
+
+    def to_crop(self, points: np.ndarray, out_size: int | None = None) -> np.ndarray:
+        """Source pixel coords (..., 2) -> coords in the cropped frame resized to ``out_size`` (default: no resize).
+
+        Pixel centres map to pixel centres (continuous coordinates with the pixel (0,0) centred at 0.5).
+        """
+        s = (out_size or self.size) / self.size
+        p = np.asarray(points, dtype=np.float64)
+        out = np.empty_like(p)
+        out[..., 0] = (p[..., 0] - self.x) * s
+        out[..., 1] = (p[..., 1] - self.y) * s
+        return out.astype(np.float32)
+
+    def from_crop(self, points: np.ndarray, out_size: int | None = None) -> np.ndarray:
+        """Inverse of :meth:`to_crop`: crop coords (..., 2) -> source pixel coords."""
+        s = self.size / (out_size or self.size)
+        p = np.asarray(points, dtype=np.float64)
+        out = np.empty_like(p)
+        out[..., 0] = p[..., 0] * s + self.x
+        out[..., 1] = p[..., 1] * s + self.y
+        return out.astype(np.float32)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"x": int(self.x), "y": int(self.y), "size": int(self.size)}
 
 
 @dataclass(frozen=True)
@@ -324,23 +367,6 @@ def _read_exact(stream, n: int) -> bytearray:
 
 # ----------------------------------------------------------------------------------------------- writing
 
-def temp_path(final: Path, suffix: str | None = None) -> Path:
-    """A unique temporary name beside ``final`` (same folder, so the rename is atomic)."""
-    return final.with_name(f".{final.stem}.tmp-{uuid.uuid4().hex[:8]}{suffix or final.suffix}")
-
-
-def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """An uncompressed npz written to a temporary name beside ``path`` and renamed."""
-    path = Path(path)
-    tmp = temp_path(path, ".npz")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def extract_audio(path: str | os.PathLike, out_wav: str | os.PathLike, sample_rate: int = 16000) -> bool:
     """Write the first audio stream of ``path`` as mono 16-bit PCM wav at ``sample_rate`` Hz.
 
@@ -351,16 +377,13 @@ def extract_audio(path: str | os.PathLike, out_wav: str | os.PathLike, sample_ra
     info = probe_video(path)
     if not info.has_audio:
         return False
-    out_wav.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(out_wav, ".wav")
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y", "-i", str(path),
-           "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(int(sample_rate)), "-c:a", "pcm_s16le", "-f", "wav",
-           str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
-    if proc.returncode != 0 or not tmp.exists():
-        tmp.unlink(missing_ok=True)
-        raise VideoError(f"{path}: could not extract the audio ({ffmpeg_reason(proc.stderr)})")
-    os.replace(tmp, out_wav)
+    with atomic_write(out_wav, ".wav") as tmp:
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y", "-i", str(path),
+               "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(int(sample_rate)), "-c:a", "pcm_s16le", "-f", "wav",
+               str(tmp)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+        if proc.returncode != 0 or not tmp.exists():
+            raise VideoError(f"{path}: could not extract the audio ({ffmpeg_reason(proc.stderr)})")
     return True
 
 
@@ -383,18 +406,16 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarr
     if first.ndim != 3 or first.shape[2] != 3 or first.dtype != np.uint8:
         raise ValueError(f"{path}: frames must be uint8 (H, W, 3), got {first.dtype} {first.shape}")
     h, w = first.shape[:2]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path, ".mp4")
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-framerate", f"{fps:.6g}", "-i", "pipe:0"]
-    if audio_wav is not None:
-        cmd += ["-i", str(audio_wav)]
-    cmd += ["-map", "0:v:0"]
-    if audio_wav is not None:
-        cmd += ["-map", "1:a:0", "-c:a", "aac", "-b:a", "128k"]
-    cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", preset, "-crf", str(crf),
-            "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", str(tmp)]
-    with open(os.devnull, "wb") as devnull, _TempLog() as errlog:
+    with atomic_write(path, ".mp4") as tmp, open(os.devnull, "wb") as devnull, _TempLog() as errlog:
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-framerate", f"{fps:.6g}", "-i", "pipe:0"]
+        if audio_wav is not None:
+            cmd += ["-i", str(audio_wav)]
+        cmd += ["-map", "0:v:0"]
+        if audio_wav is not None:
+            cmd += ["-map", "1:a:0", "-c:a", "aac", "-b:a", "128k"]
+        cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", preset, "-crf", str(crf),
+                "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", str(tmp)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=devnull, stderr=errlog.handle)
         n = 0
         try:
@@ -412,12 +433,9 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarr
         except BaseException:
             proc.kill()
             proc.wait()
-            tmp.unlink(missing_ok=True)
             raise
         if rc != 0:
-            tmp.unlink(missing_ok=True)
             raise VideoError(f"{path}: ffmpeg could not encode the video ({ffmpeg_reason(errlog.read())})")
-    os.replace(tmp, path)
     return n
 
 

@@ -13,7 +13,12 @@ Layout::
       overlay.mp4      mesh wireframe and landmarks over the frames, for a person to check the fit
 
 A folder is complete when its ``meta.json`` exists: it is written last, and the folder is built under a
-temporary name and renamed, so a killed run never leaves a finished-looking SUBJECT.
+temporary name and renamed, so a killed run never leaves a finished-looking SUBJECT. :class:`SubjectWriter` builds
+one (``gft track``, the tests' fixtures), :class:`Subject` reads one (every later stage).
+
+The track stage's ``meta.json`` (:mod:`.meta` schema) carries, besides the common fields, ``n_frames``, ``fps``,
+``resolution``, ``has_audio`` and ``head_model`` (``spec``, ``kind``, ``n_shape``, ``n_expression``) at its top level, and
+the source ``video`` (path, width, height, fps, duration) and ``crop`` (x, y, size in source pixels) in ``inputs``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +35,9 @@ import torch
 
 from ..geometry.camera import Camera
 from ..headmodel import HeadModel, HeadParams, load_head_model
+from ..atomic import atomic_write, save_npz, write_json
+from .media import CropBox
+from .meta import StageMeta, read_meta, write_meta
 
 
 def frame_name(i: int) -> str:
@@ -58,13 +67,6 @@ def read_frame(root: Path, i: int) -> np.ndarray:
     return img[..., ::-1].copy()
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temporary name, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def save_camera(path: Path, camera: Camera, fps: float) -> None:
     write_json(path, {
         "K": camera.K.tolist(), "viewmat": camera.viewmat.tolist(), "width": camera.width, "height": camera.height,
@@ -81,16 +83,30 @@ class Subject:
     meta: dict
 
     @classmethod
-    def open(cls, root: str | os.PathLike) -> "Subject":
+    def open(cls, root: str | os.PathLike) -> Subject:
         root = Path(root)
         meta_path = root / "meta.json"
         if not meta_path.is_file():
             partial = " (an interrupted run left it unfinished: run gft track again)" if root.is_dir() else ""
             raise FileNotFoundError(f"{root}: not a tracked SUBJECT folder, no meta.json{partial}")
-        meta = json.loads(meta_path.read_text())
+        meta = read_meta(meta_path)
         if meta.get("stage") != "track":
             raise ValueError(f"{root}: meta.json is not from gft track (stage {meta.get('stage')!r})")
+        missing = [k for k in ("n_frames", "fps", "head_model") if k not in meta]
+        if missing:
+            raise ValueError(f"{meta_path}: lacks {missing}: not a SUBJECT written by this version of gft track")
         return cls(root, meta)
+
+    @property
+    def crop(self) -> CropBox | None:
+        """The crop box in the source video's pixels (None for a SUBJECT not cut from a video)."""
+        c = self.meta.get("inputs", {}).get("crop")
+        return CropBox(**c) if c else None
+
+    @property
+    def video(self) -> dict | None:
+        """The source video's path, width, height, fps and duration (None when unknown)."""
+        return self.meta.get("inputs", {}).get("video")
 
     @property
     def n_frames(self) -> int:
@@ -119,11 +135,20 @@ class Subject:
         return m.astype(np.float32) / 255.0
 
     def params(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> HeadParams:
-        with np.load(self.root / "params.npz") as z:
+        path = self.root / "params.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing from the SUBJECT folder")
+        with np.load(path) as z:
+            missing = [k for k in HeadParams.NAMES if k not in z.files]
+            if missing:
+                raise ValueError(f"{path}: lacks {missing}")
             return HeadParams.from_numpy({k: z[k] for k in HeadParams.NAMES}, dtype=dtype, device=device)
 
     def camera(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Camera:
-        c = json.loads((self.root / "camera.json").read_text())
+        path = self.root / "camera.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing from the SUBJECT folder")
+        c = json.loads(path.read_text())
         return Camera(torch.tensor(c["viewmat"], dtype=dtype, device=device), torch.tensor(c["K"], dtype=dtype, device=device),
                       int(c["width"]), int(c["height"]), float(c["near"]), float(c["far"]))
 
@@ -134,3 +159,64 @@ class Subject:
 
     def split(self) -> tuple[np.ndarray, np.ndarray]:
         return train_test_split(self.n_frames, self.fps)
+
+
+class SubjectWriter:
+    """Builds a SUBJECT folder under ``ROOT.partial`` and renames it to ``ROOT`` in :meth:`finish`.
+
+    ``resume=True`` keeps what an interrupted run left in ``ROOT.partial`` (the caller decides what it reuses);
+    otherwise the partial folder starts empty. Nothing at ``ROOT`` is touched before :meth:`finish`.
+    """
+
+    def __init__(self, root: str | os.PathLike, resume: bool = False) -> None:
+        self.root = Path(root)
+        self.work = self.root.with_name(self.root.name + ".partial")
+        if not resume:
+            shutil.rmtree(self.work, ignore_errors=True)
+        (self.work / "frames").mkdir(parents=True, exist_ok=True)
+        (self.work / "masks").mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        """Where file ``name`` goes in the folder being built (audio.wav, landmarks.npz, overlay.mp4, ...)."""
+        return self.work / name
+
+    def frame(self, i: int, rgb: np.ndarray, quality: int = 95) -> None:
+        """Frame ``i``: (H, W, 3) uint8 RGB, stored as JPEG."""
+        import cv2
+
+        with atomic_write(self.work / "frames" / frame_name(i), ".jpg") as tmp:
+            if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality]):
+                raise OSError(f"{tmp}: could not write the frame")
+
+    def mask(self, i: int, mask: np.ndarray) -> None:
+        """Person mask ``i``: (H, W) float in 0..1 or uint8 0..255, stored as 8-bit PNG."""
+        import cv2
+
+        m = np.asarray(mask)
+        if m.dtype != np.uint8:
+            m = np.round(np.clip(m, 0.0, 1.0) * 255).astype(np.uint8)
+        with atomic_write(self.work / "masks" / mask_name(i), ".png") as tmp:
+            if not cv2.imwrite(str(tmp), m):
+                raise OSError(f"{tmp}: could not write the mask")
+
+    def read_frame(self, i: int) -> np.ndarray:
+        return read_frame(self.work, i)
+
+    def params(self, params: HeadParams, **extra: np.ndarray) -> None:
+        """params.npz: the HeadParams fields (float32) and any extra per-frame arrays."""
+        arrays = {k: v.astype(np.float32) for k, v in params.to_numpy().items()}
+        save_npz(self.work / "params.npz", **arrays, **extra)
+
+    def camera(self, camera: Camera, fps: float) -> None:
+        save_camera(self.work / "camera.json", camera, fps)
+
+    def finish(self, meta: StageMeta) -> Path:
+        """Write meta.json (last), replace any old ``ROOT`` and rename the folder into place. Returns ``ROOT``."""
+        for key in ("n_frames", "fps", "head_model"):
+            if key not in meta.extra:
+                raise ValueError(f"a SUBJECT's meta.json needs {key!r}")
+        write_meta(self.work / "meta.json", meta)
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        self.work.rename(self.root)
+        return self.root

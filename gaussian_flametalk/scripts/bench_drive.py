@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import add_dataclass_args, dataclass_from_args
-from ..flametalk.audio import SAMPLE_RATE, load_audio, save_wav
-from .drive import DriveConfig, drive
+from ..config import add_dataclass_args, dataclass_from_args, resolve_device, validate
+from ..io.audio import SAMPLE_RATE, load_audio, save_wav
+from ..pipeline.drive import DriveConfig, drive
 
 
 @dataclass
@@ -28,8 +28,12 @@ class BenchDriveConfig:
     speech: Path = field(metadata={"help": "speech file to drive with"})
     resolutions: tuple[int, ...] = field(default=(256,), metadata={"help": "output sizes to time"})
     mode: str = field(default="autoregressive", metadata={"help": "FlameTalk inference mode"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
+    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     out: Path | None = field(default=None, metadata={"help": "folder for the videos (default: a temporary one)"})
+
+    def __post_init__(self) -> None:
+        validate(self)
+        self.device = resolve_device(self.device)
 
 
 def main(argv: list[str] | None = None) -> int:

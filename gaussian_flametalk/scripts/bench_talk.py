@@ -12,7 +12,7 @@ Options are those of ``gft train-talk`` (the two runs use them identically) plus
 
 All three are scored on the test frames, predicted from the true test audio (``--infer-mode``), in millimetres:
 LVE (largest lip-vertex error per frame, averaged), FDD (upper-face dynamics deviation, ground truth minus
-prediction; :func:`~gaussian_flametalk.flametalk.losses.upper_face_ids`), FFE (amplitude-spectrum error of the face
+prediction; :func:`~gaussian_flametalk.headmodel.motion.upper_face_ids`), FFE (amplitude-spectrum error of the face
 region's displacements from the neutral face, mm^2) and the mean face vertex error. Prints one markdown table and the
 relative LVE improvements (issue 6 asks for >= 20 % over both baselines). Checkpoints go to OUT/model and
 OUT/shuffled when ``--out`` is given (a re-run resumes), else to a temporary folder.
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from ..config import add_dataclass_args, dataclass_from_args
-from ..flametalk.audio import SAMPLE_RATE
-from ..flametalk.losses import (face_dynamics_deviation, fourier_frequency_error, lip_vertex_error, motion_vertices,
-                                upper_face_ids)
-from ..flametalk.train import TalkConfig, TalkData, loss_vertex_ids, evaluate, fit_talk, open_subjects
+from ..io.audio import SAMPLE_RATE
+from ..headmodel.motion import motion_vertices, upper_face_ids
+from ..metrics.motion import face_dynamics_deviation, fourier_frequency_error, lip_vertex_error
+from ..flametalk.train import TalkConfig, TalkData, evaluate_talk, fit_talk, loss_vertex_ids, open_subjects
 from ..headmodel import HeadModel
 
 __all__ = ["BenchTalkConfig", "build_parser", "format_table", "main", "run_ablation", "shuffle_audio", "talk_metrics"]
@@ -115,7 +115,7 @@ def run_ablation(cfg: BenchTalkConfig) -> dict:
     ids = loss_vertex_ids(head, cfg.loss_regions)
     result: dict = {"subjects": {}, "train_seconds": {k: r[2] for k, r in runs.items()}}
     for d in datas:
-        preds = {k: torch.from_numpy(evaluate(model, encoder, head, d, cfg, ids, cfg.infer_mode)[1])
+        preds = {k: torch.from_numpy(evaluate_talk(model, encoder, head, d, cfg, ids, cfg.infer_mode)[1])
                  for k, (model, encoder, _) in runs.items()}
         n = min(len(p) for p in preds.values())
         frames = d.test_idx[:n]

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 from ..config import add_dataclass_args, dataclass_from_args
-from ..flametalk.audio import SAMPLE_RATE, load_audio
+from ..io.audio import SAMPLE_RATE, load_audio
 from ..flametalk.encoders import AudioEncoder, load_encoder
-from ..flametalk.losses import motion_vertices
+from ..headmodel.motion import motion_vertices
 from ..flametalk.model import FlameTalk, FlameTalkSpec, predict
-from ..flametalk.train import TalkConfig, load_talk
+from ..flametalk.inference import load_talk
+from ..flametalk.train import TalkConfig
 from ..headmodel import load_head_model
 from .bench_render import _loadavg, cpu_name
 

@@ -139,7 +139,7 @@ def check_face_alignment() -> Check:
     return Check("landmarks: face-alignment", True, f"installed, weights {weights[0]}")
 
 
-def check_head_model(kind: str, path: str | None) -> Check:
+def check_head_model_spec(kind: str, path: str | None) -> Check:
     env = {"flame": "GFT_FLAME", "ict": "GFT_ICT"}[kind]
     path = path or os.environ.get(env)
     name = f"head model: {kind}"
@@ -207,8 +207,8 @@ def run_checks(config: DoctorConfig) -> list[Check]:
         _guard("landmarks: mediapipe", check_mediapipe),
         _guard("landmarks: face-alignment", check_face_alignment),
         _guard("head model: synthetic", check_synthetic),
-        _guard("head model: flame", lambda: check_head_model("flame", config.flame)),
-        _guard("head model: ict", lambda: check_head_model("ict", config.ict)),
+        _guard("head model: flame", lambda: check_head_model_spec("flame", config.flame)),
+        _guard("head model: ict", lambda: check_head_model_spec("ict", config.ict)),
     ]
     try:
         checks += check_audio_encoders()

@@ -16,7 +16,7 @@ measured from the 68 landmarks (brow top to chin, iBUG points 17-26 to 8):
 4. Fitting it to the frame: the square is shifted (not shrunk) to lie inside the frame where it fits; a square
    larger than the frame's shorter side is shrunk towards that side as long as it still holds the face union
    with the minimal margins (0.55 h above, 0.15 h below and at the sides), and otherwise extends past the border
-   (:func:`~gaussian_flametalk.tracking.video.iter_frames` pads it). Shifting never moves the minimal box out.
+   (:func:`~gaussian_flametalk.io.media.iter_frames` pads it). Shifting never moves the minimal box out.
    So an already head-cropped 512x512 video keeps (almost) its own framing instead of getting black borders,
    while a portrait 1080x1920 video gets a square around the head.
 
@@ -34,56 +34,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..io.media import CropBox
+
 if TYPE_CHECKING:
     from .landmarks import LandmarkDetector
 
 __all__ = ["CropBox", "CropMargin", "FaceScan", "crop_from_detections", "find_crop", "scan_faces"]
-
-
-@dataclass(frozen=True)
-class CropBox:
-    """A square box in source pixels (after rotation): columns ``x .. x+size``, rows ``y .. y+size``.
-
-    It may extend past the frame borders (negative ``x``/``y`` or ``x + size > width``); the reader pads.
-    """
-
-    x: int
-    y: int
-    size: int
-
-    def as_xyxy(self) -> tuple[int, int, int, int]:
-        """(x0, y0, x1, y1), exclusive right/bottom."""
-        return self.x, self.y, self.x + self.size, self.y + self.size
-
-    def contains(self, points: np.ndarray) -> np.ndarray:
-        """Whether each point (..., 2) in source pixels lies inside the box -> bool (...)."""
-        p = np.asarray(points, dtype=np.float64)
-        return ((p[..., 0] >= self.x) & (p[..., 0] <= self.x + self.size)
-                & (p[..., 1] >= self.y) & (p[..., 1] <= self.y + self.size))
-
-    def to_crop(self, points: np.ndarray, out_size: int | None = None) -> np.ndarray:
-        """Source pixel coords (..., 2) -> coords in the cropped frame resized to ``out_size`` (default: no resize).
-
-        Pixel centres map to pixel centres (continuous coordinates with the pixel (0,0) centred at 0.5).
-        """
-        s = (out_size or self.size) / self.size
-        p = np.asarray(points, dtype=np.float64)
-        out = np.empty_like(p)
-        out[..., 0] = (p[..., 0] - self.x) * s
-        out[..., 1] = (p[..., 1] - self.y) * s
-        return out.astype(np.float32)
-
-    def from_crop(self, points: np.ndarray, out_size: int | None = None) -> np.ndarray:
-        """Inverse of :meth:`to_crop`: crop coords (..., 2) -> source pixel coords."""
-        s = self.size / (out_size or self.size)
-        p = np.asarray(points, dtype=np.float64)
-        out = np.empty_like(p)
-        out[..., 0] = p[..., 0] * s + self.x
-        out[..., 1] = p[..., 1] * s + self.y
-        return out.astype(np.float32)
-
-    def to_dict(self) -> dict[str, int]:
-        return {"x": int(self.x), "y": int(self.y), "size": int(self.size)}
 
 
 @dataclass(frozen=True)
@@ -220,7 +176,7 @@ def scan_faces(path: str | os.PathLike, detector: LandmarkDetector, sample_fps: 
     from tqdm.auto import tqdm
 
     from .landmarks import pick_face
-    from .video import iter_frames, output_size, probe_video
+    from ..io.media import iter_frames, output_size, probe_video
 
     path = Path(path)
     info = probe_video(path)

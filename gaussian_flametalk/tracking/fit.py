@@ -18,7 +18,7 @@ Stages (each a full-batch solve over every frame at once; only the landmark vert
    prior on rotation angles would trade rotation against face depth, a deeper face turned less looking
    the same, and shrink every head turn);
 4. photometric refinement through the differentiable rasterizer plugs in after stage 3 (it takes and
-   returns a :class:`FitResult`).
+   returns a :class:`LandmarkFit`).
 
 Levenberg-Marquardt uses the problem's structure: per-frame unknowns are independent given the shared
 ones, so the normal equations are solved with the Schur complement of the per-frame blocks, and the
@@ -69,7 +69,7 @@ class FitConfig:
 
 
 @dataclass
-class FitResult:
+class LandmarkFit:
     """Per-frame head parameters and the clip's camera.
 
     Attributes:
@@ -397,7 +397,7 @@ def fit_landmarks(
     height: int,
     config: FitConfig | None = None,
     progress: bool = True,
-) -> FitResult:
+) -> LandmarkFit:
     """Fit ``model`` to a clip's 2D landmarks.
 
     Args:
@@ -406,7 +406,7 @@ def fit_landmarks(
         confidence: (T, 68) per-point weights in [0, 1]; zero rows for frames without a face.
         width, height: image size in pixels.
     Returns:
-        FitResult.
+        LandmarkFit.
     """
     cfg = config or FitConfig()
     if landmarks.ndim != 3 or landmarks.shape[1:] != (68, 2):
@@ -429,4 +429,4 @@ def fit_landmarks(
     params = HeadParams(**{k: t.detach().clone() for k, t in problem.params(problem.values).as_kwargs().items()})
     camera = clip_camera(problem.values["log_focal"].exp(), width, height, cfg.camera_distance,
                          dtype=landmarks.dtype, device=landmarks.device)
-    return FitResult(params, camera, pred, err, problem.iod_px, losses)
+    return LandmarkFit(params, camera, pred, err, problem.iod_px, losses)

@@ -42,8 +42,11 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..registry import Registry
+
 __all__ = [
     "FACE_ALIGNMENT_FILES",
+    "LANDMARK_DETECTORS",
     "MEDIAPIPE_TO_IBUG68",
     "ClipLandmarks",
     "DetectorUnavailableError",
@@ -341,14 +344,32 @@ class FaceAlignmentDetector:
         self._fa = None
 
 
+LANDMARK_DETECTORS = Registry("landmark detector", "--detector")
+
+
+def _importable(module: str, why_missing: str) -> tuple[bool | None, str]:
+    import importlib.util
+
+    return (True, f"{module} importable") if importlib.util.find_spec(module) else (None, why_missing)
+
+
+@LANDMARK_DETECTORS.register("mediapipe", help="mediapipe face mesh (bundled model, offline)",
+                             available=lambda: _importable("mediapipe", "pip install mediapipe==0.10.21"))
+def _mediapipe(arg: str | None, **kwargs) -> LandmarkDetector:
+    return MediapipeDetector(**kwargs)
+
+
+@LANDMARK_DETECTORS.register("face-alignment", aliases=("fan", "face_alignment"),
+                             help="face-alignment FAN (downloads its weights on first use)",
+                             available=lambda: _importable("face_alignment", "pip install gaussian-flametalk[face-alignment]"))
+def _face_alignment(arg: str | None, **kwargs) -> LandmarkDetector:
+    return FaceAlignmentDetector(**kwargs)
+
+
 def make_detector(name: str = "mediapipe", **kwargs) -> LandmarkDetector:
-    """``"mediapipe"`` (default, offline) or ``"face-alignment"`` (optional package and weights)."""
-    key = name.lower().replace("_", "-")
-    if key == "mediapipe":
-        return MediapipeDetector(**kwargs)
-    if key in ("face-alignment", "fan"):
-        return FaceAlignmentDetector(**kwargs)
-    raise ValueError(f"unknown landmark detector '{name}': use 'mediapipe' or 'face-alignment'")
+    """``"mediapipe"`` (default, offline) or ``"face-alignment"`` (optional package and weights):
+    :data:`LANDMARK_DETECTORS`."""
+    return LANDMARK_DETECTORS.build(name, **kwargs)
 
 
 def pick_face(faces: Sequence[FaceDetection], previous: FaceDetection | None = None) -> FaceDetection | None:
@@ -391,7 +412,7 @@ class ClipLandmarks:
         """Write one .npz (temporary name, then rename)."""
         import json
 
-        from .video import save_npz
+        from ..atomic import save_npz
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

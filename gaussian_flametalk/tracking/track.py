@@ -11,25 +11,27 @@ re-run reuses a finished detection pass found there.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import config_to_dict, package_versions
+from ..config import config_to_dict, resolve_device, validate
 from ..headmodel import HeadModel, load_head_model
+from ..atomic import write_json
+from ..io.media import extract_audio, iter_frames, probe_video, write_video
+from ..io.meta import StageMeta, package_versions
+from ..io.subject import SubjectWriter
 from .crop import find_crop
-from .fit import FitConfig, FitResult, fit_landmarks
+from .fit import FitConfig, LandmarkFit, fit_landmarks
 from .landmarks import ClipLandmarks, check_faces, detect_clip, inter_ocular, interpolate_missing, make_detector
 from .masks import ForegroundSegmenter
 from .overlay import draw_overlay, mesh_edges
-from .subject import frame_name, mask_name, read_frame, save_camera, write_json
-from .video import extract_audio, iter_frames, probe_video, write_video
 
 
 @dataclass(kw_only=True)
@@ -41,30 +43,31 @@ class TrackConfig(FitConfig):
     head_model: str = field(default="ict", metadata={"help": "flame:PATH | ict:PATH | synthetic (flame/ict alone read GFT_FLAME/GFT_ICT)"})
     n_shape: int | None = field(default=None, metadata={"help": "identity components to fit (default: FLAME 300, all ICT modes)"})
     fps: float = field(default=25.0, metadata={"help": "frame rate to resample the video to"})
-    size: int = field(default=512, metadata={"help": "side of the square output frames in pixels"})
-    detector: str = field(default="mediapipe", metadata={"help": "landmark detector: mediapipe | face-alignment"})
-    device: str = field(default="cpu", metadata={"help": "torch device for fitting (cpu, cuda, ...)"})
+    resolution: int = field(default=512, metadata={"help": "side of the square output frames in pixels"})
+    detector: Literal["mediapipe", "face-alignment"] = field(default="mediapipe", metadata={
+        "help": "landmark detector (face-alignment downloads its weights on first use)"})
+    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     overlay: bool = field(default=True, metadata={"help": "write overlay.mp4 (mesh and landmarks over the frames)"})
     force: bool = field(default=False, metadata={"help": "redo a SUBJECT folder that is already complete"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def __post_init__(self) -> None:
+        validate(self)
+        self.device = resolve_device(self.device)
 
 
 def _log(msg: str) -> None:
     print(f"[gft track] {msg}", file=sys.stderr, flush=True)
 
 
-def _detection_pass(cfg: TrackConfig, work: Path, crop, n_expected: int) -> ClipLandmarks:
+def _detection_pass(cfg: TrackConfig, writer: SubjectWriter, crop, n_expected: int) -> ClipLandmarks:
     """Stream the cropped frames once: save frames and masks, detect landmarks. Returns the raw detections."""
-    import cv2
-
-    (work / "frames").mkdir(parents=True, exist_ok=True)
-    (work / "masks").mkdir(parents=True, exist_ok=True)
     segmenter = ForegroundSegmenter()
 
     def frames():
-        for i, frame in enumerate(iter_frames(cfg.video, fps=cfg.fps, crop=crop, size=cfg.size)):
-            cv2.imwrite(str(work / "frames" / frame_name(i)), frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
-            cv2.imwrite(str(work / "masks" / mask_name(i)), np.round(segmenter.segment(frame) * 255).astype(np.uint8))
+        for i, frame in enumerate(iter_frames(cfg.video, fps=cfg.fps, crop=crop, size=cfg.resolution)):
+            writer.frame(i, frame)
+            writer.mask(i, segmenter.segment(frame))
             yield frame
 
     detector = make_detector(cfg.detector, max_num_faces=2) if cfg.detector == "mediapipe" else make_detector(cfg.detector)
@@ -75,7 +78,8 @@ def _detection_pass(cfg: TrackConfig, work: Path, crop, n_expected: int) -> Clip
         segmenter.close()
 
 
-def _write_overlay(cfg: TrackConfig, work: Path, model: HeadModel, fit: FitResult, clip: ClipLandmarks, audio: Path | None) -> None:
+def _write_overlay(cfg: TrackConfig, writer: SubjectWriter, model: HeadModel, fit: LandmarkFit, clip: ClipLandmarks,
+                   audio: Path | None) -> None:
     """overlay.mp4: the fitted mesh's front-facing wireframe (face and head regions) and both landmark sets."""
     from ..headmodel import vertex_normals
 
@@ -96,10 +100,10 @@ def _write_overlay(cfg: TrackConfig, work: Path, model: HeadModel, fit: FitResul
                 v2d = cam.project(verts)
             for k, i in enumerate(range(sl.start, sl.stop)):
                 det = clip.points68[i] if clip.found[i] else None
-                yield draw_overlay(read_frame(work, i), v2d[k].cpu().numpy(), visible[k].cpu().numpy(),
+                yield draw_overlay(writer.read_frame(i), v2d[k].cpu().numpy(), visible[k].cpu().numpy(),
                                    edges, det, fit.landmarks2d[i].cpu().numpy())
 
-    write_video(work / "overlay.mp4", tqdm(frames(), total=T, desc="overlay", unit="frame", disable=not cfg.progress),
+    write_video(writer.path("overlay.mp4"), tqdm(frames(), total=T, desc="overlay", unit="frame", disable=not cfg.progress),
                 cfg.fps, audio_wav=audio)
 
 
@@ -116,12 +120,10 @@ def track(cfg: TrackConfig) -> Path:
     info = probe_video(cfg.video)
     model = load_head_model(cfg.head_model, n_shape=cfg.n_shape).to(torch.device(cfg.device))
     work = out.with_name(out.name + ".partial")
-    settings = {"video": str(Path(cfg.video).resolve()), "fps": cfg.fps, "size": cfg.size, "detector": cfg.detector}
+    settings = {"video": str(Path(cfg.video).resolve()), "fps": cfg.fps, "resolution": cfg.resolution, "detector": cfg.detector}
     settings_path = work / "detection.json"
     reuse = (work / "landmarks.npz").is_file() and settings_path.is_file() and json.loads(settings_path.read_text()) == settings
-    if not reuse:
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+    writer = SubjectWriter(out, resume=reuse)
     _log(f"{cfg.video}: {info.width}x{info.height}, {info.fps:.2f} fps, {info.duration:.1f} s, "
          f"{'with' if info.has_audio else 'without'} sound; head model {model.kind} ({model.n_vertices} vertices)")
 
@@ -133,18 +135,18 @@ def track(cfg: TrackConfig) -> Path:
         detector.close()
     check_faces(scan, cfg.video)
     timings["crop_scan_s"] = time.perf_counter() - t0
-    _log(f"crop: x={crop.x} y={crop.y} size={crop.size} (source pixels) -> {cfg.size}x{cfg.size}")
+    _log(f"crop: x={crop.x} y={crop.y} size={crop.size} (source pixels) -> {cfg.resolution}x{cfg.resolution}")
 
-    audio = work / "audio.wav"
+    audio = writer.path("audio.wav")
     has_audio = extract_audio(cfg.video, audio) if info.has_audio else False
 
     t0 = time.perf_counter()
     if reuse:
-        clip = ClipLandmarks.load(work / "landmarks.npz")
-        _log(f"reusing the finished detection pass in {work}")
+        clip = ClipLandmarks.load(writer.path("landmarks.npz"))
+        _log(f"reusing the finished detection pass in {writer.work}")
     else:
-        clip = _detection_pass(cfg, work, crop, int(round(info.duration * cfg.fps)))
-        clip.save(work / "landmarks.npz")
+        clip = _detection_pass(cfg, writer, crop, int(round(info.duration * cfg.fps)))
+        clip.save(writer.path("landmarks.npz"))
         write_json(settings_path, settings)
     timings["detect_s"] = time.perf_counter() - t0
     T = len(clip)
@@ -157,7 +159,7 @@ def track(cfg: TrackConfig) -> Path:
     model = model.to(dtype=dt)
     lmk = torch.as_tensor(np.nan_to_num(filled.points68), dtype=dt, device=cfg.device)
     conf = torch.as_tensor(filled.confidence * filled.found[:, None], dtype=dt, device=cfg.device)
-    fit = fit_landmarks(model, lmk, conf, cfg.size, cfg.size, cfg, progress=cfg.progress)
+    fit = fit_landmarks(model, lmk, conf, cfg.resolution, cfg.resolution, cfg, progress=cfg.progress)
     timings["fit_s"] = time.perf_counter() - t0
     iod = float(np.nanmedian(inter_ocular(clip.points68[clip.found])))
     err = fit.error_px[torch.isfinite(fit.error_px)]
@@ -169,30 +171,29 @@ def track(cfg: TrackConfig) -> Path:
     }
     _log(f"fit: focal {figures['focal_px']:.0f} px, mean landmark error {figures['reprojection_error_px']:.2f} px "
          f"({100 * figures['reprojection_error_iod']:.2f} % of the inter-ocular distance)")
-    arrays = {k: v.astype(np.float32) for k, v in fit.params.to_numpy().items()}
-    np.savez(work / "params.npz", **arrays, landmarks2d=fit.landmarks2d.cpu().numpy().astype(np.float32),
-             error_px=fit.error_px.cpu().numpy().astype(np.float32), focal=np.float32(fit.camera.K[0, 0]))
-    save_camera(work / "camera.json", fit.camera, cfg.fps)
+    writer.params(fit.params, landmarks2d=fit.landmarks2d.cpu().numpy().astype(np.float32),
+                  error_px=fit.error_px.cpu().numpy().astype(np.float32), focal=np.float32(fit.camera.K[0, 0]))
+    writer.camera(fit.camera, cfg.fps)
 
     if cfg.overlay:
         t0 = time.perf_counter()
-        _write_overlay(cfg, work, model, fit, clip, audio if has_audio else None)
+        _write_overlay(cfg, writer, model, fit, clip, audio if has_audio else None)
         timings["overlay_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_all
     figures.update({f"{k[:-2]}_fps": T / v for k, v in timings.items() if k in ("detect_s", "fit_s", "overlay_s") and v > 0})
-    meta = {
-        "stage": "track", "config": config_to_dict(cfg), "versions": package_versions("mediapipe", "opencv-contrib-python", "imageio-ffmpeg"),
-        "head_model": {"spec": cfg.head_model, "kind": model.kind, "n_shape": model.n_shape, "n_expression": model.n_expression},
-        "video": {"path": str(Path(cfg.video).resolve()), "width": info.width, "height": info.height, "fps": info.fps,
-                  "duration": info.duration, "has_audio": has_audio},
-        "crop": crop.to_dict(), "n_frames": T, "fps": cfg.fps, "size": cfg.size, "has_audio": has_audio,
-        "timings": timings, "figures": figures,
-    }
-    write_json(work / "meta.json", meta)
-    (work / settings_path.name).unlink(missing_ok=True)
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
+    settings_path.unlink(missing_ok=True)
+    writer.finish(StageMeta(
+        stage="track", config=config_to_dict(cfg),
+        versions=package_versions("mediapipe", "opencv-contrib-python", "imageio-ffmpeg"),
+        inputs={"video": {"path": str(Path(cfg.video).resolve()), "width": info.width, "height": info.height,
+                          "fps": info.fps, "duration": info.duration, "has_audio": has_audio},
+                "crop": crop.to_dict()},
+        outputs=["frames/", "masks/", "landmarks.npz", "params.npz", "camera.json"]
+        + (["audio.wav"] if has_audio else []) + (["overlay.mp4"] if cfg.overlay else []),
+        timings=timings, figures=figures,
+        extra={"head_model": {"spec": cfg.head_model, "kind": model.kind, "n_shape": model.n_shape,
+                              "n_expression": model.n_expression},
+               "n_frames": T, "fps": cfg.fps, "resolution": cfg.resolution, "has_audio": has_audio}))
     _log(f"wrote {out} in {timings['total_s']:.0f} s")
     return out
 

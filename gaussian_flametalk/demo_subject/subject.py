@@ -43,16 +43,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import config_to_dict, package_versions
-from ..flametalk.audio import SAMPLE_RATE, load_audio, save_wav
+from ..config import config_to_dict, resolve_device, validate
+from ..io.meta import package_versions
+from ..io.audio import SAMPLE_RATE, load_audio, save_wav
 from ..geometry.camera import Camera
 from ..headmodel import HeadParams, make_synthetic_head
 from ..headmodel.synthetic import EXPRESSION_NAMES
-from ..tracking.crop import CropBox
 from ..tracking.landmarks import inter_ocular
-from ..tracking.subject import Subject, save_camera, write_json
-from ..tracking.video import write_video
-from .demo_face import DemoFaceRenderer
+from ..atomic import write_json
+from ..io.subject import Subject, save_camera
+from ..io.media import write_video
+from .face import DemoFaceRenderer
 
 #: Sentences the subject speaks in its video (as many as fill ``seconds``, in this order).
 TRAIN_SENTENCES = (
@@ -88,9 +89,13 @@ class DemoSubjectConfig:
     supersample: int | None = field(default=None, metadata={"help": "render this many times larger and downsample (anti-aliasing; default 2 up to 320 px, else 1)"})
     voice: str = field(default="en-us", metadata={"help": "espeak-ng voice"})
     words_per_minute: int = field(default=155, metadata={"help": "espeak-ng speaking rate"})
-    device: str = field(default="cpu", metadata={"help": "torch device of the head model"})
+    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     force: bool = field(default=False, metadata={"help": "rebuild the folder even when it is complete with the same settings"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def __post_init__(self) -> None:
+        validate(self)
+        self.device = resolve_device(self.device)
 
     @property
     def size(self) -> int:
@@ -419,8 +424,8 @@ def tracking_error(subject_dir: str | os.PathLike, demo_dir: str | os.PathLike) 
                            translation=gt.translation.mean(0, keepdim=True).expand_as(gt.translation))
     with torch.no_grad():
         template = camera.project(model.forward_landmarks(**mean_pose[:T].as_kwargs())).numpy()
-    crop = CropBox(**subject.meta["crop"])
-    size = int(subject.meta["size"])
+    crop = subject.crop
+    size = int(subject.meta["resolution"])
     gt_c = crop.to_crop(gt_lmk[:T], size)
     template_c = crop.to_crop(template, size)
     iod = float(np.median(inter_ocular(gt_c)))

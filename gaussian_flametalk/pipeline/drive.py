@@ -18,7 +18,6 @@ sound, so ``gft eval out.mp4 --reference out.reference.mp4`` compares with the r
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +26,15 @@ import numpy as np
 import torch
 
 from ..avatar.sequence import AvatarRenderer, load_params, pingpong
-from ..config import config_to_dict, package_versions
-from ..flametalk.audio import SAMPLE_RATE, load_audio, save_wav
-from ..flametalk.losses import motion_to_kwargs
-from ..flametalk.train import load_talk
+from ..config import config_to_dict, resolve_device, validate
+from ..io.meta import package_versions
+from ..io.audio import SAMPLE_RATE, load_audio, save_wav
+from ..headmodel.motion import motion_to_kwargs
+from ..flametalk.inference import load_talk
 from ..headmodel import HeadModel, HeadParams
-from ..tracking.subject import Subject, write_json
-from ..tracking.video import write_video
+from ..atomic import save_npz, write_json
+from ..io.subject import Subject
+from ..io.media import write_video
 
 __all__ = ["DriveConfig", "blink_components", "drive", "drive_params", "main"]
 
@@ -56,8 +57,12 @@ class DriveConfig:
     mode: str = field(default="autoregressive", metadata={"help": "FlameTalk inference: autoregressive or parallel"})
     resolution: int | None = field(default=None, metadata={"help": "output size (default: the avatar's training "
                                                                     "resolution)"})
-    device: str = field(default="cpu", metadata={"help": "torch device (cuda uses gsplat)"})
+    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        validate(self)
+        self.device = resolve_device(self.device)
 
 
 def blink_components(model: HeadModel) -> list[int]:
@@ -190,9 +195,7 @@ def drive(cfg: DriveConfig) -> dict:
         wav_tmp.unlink(missing_ok=True)
 
     npz = stem.with_name(f"{stem.name}.npz")
-    tmp = stem.with_name(f".{stem.name}.tmp.npz")
-    np.savez(tmp, **params.to_numpy(), motion=motion, frames=source, fps=fps)
-    os.replace(tmp, npz)
+    save_npz(npz, **params.to_numpy(), motion=motion, frames=source, fps=fps)
     model_seconds = timings["audio_model"] + timings["mesh"] + timings["render"] + timings["encode"]
     meta = {
         "stage": "drive",

@@ -28,11 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..avatar.train import AvatarConfig, train_avatar
+from ..config import resolve_device, validate
 from ..eval.evaluate import EvalConfig, evaluate
 from ..flametalk.train import TalkConfig, train_talk
-from ..tracking.subject import write_json
+from ..atomic import write_json
 from ..tracking.track import TrackConfig, track
-from .demo_subject import DemoSubjectConfig, make_demo_subject, tracking_error
+from ..demo_subject.subject import DemoSubjectConfig, make_demo_subject, tracking_error
 from .drive import DriveConfig, drive
 
 __all__ = ["DemoConfig", "DemoSizes", "demo", "main"]
@@ -66,10 +67,14 @@ class DemoConfig:
 
     out: Path = field(default=Path("gft-demo"), metadata={"help": "output folder (re-running reuses finished stages)"})
     quick: bool = field(default=False, metadata={"help": "small sizes: about 3 minutes on a 2-core CPU"})
-    device: str = field(default="cpu", metadata={"help": "torch device (cuda uses gsplat)"})
+    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     force: bool = field(default=False, metadata={"help": "redo every stage"})
     seed: int = field(default=0, metadata={"help": "seed of the demo subject and of training"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def __post_init__(self) -> None:
+        validate(self)
+        self.device = resolve_device(self.device)
 
 
 class _Stages:
@@ -118,7 +123,7 @@ def demo(cfg: DemoConfig) -> dict:
         out=demo_dir, quick=cfg.quick, seed=cfg.seed, resolution=sizes.video_px, seconds=sizes.seconds,
         device=cfg.device, force=force, progress=cfg.progress)))
     stage("track", (subject / "meta.json").is_file(), lambda: track(TrackConfig(
-        video=demo_dir / "video.mp4", out=subject, head_model="synthetic", size=sizes.video_px, device=cfg.device,
+        video=demo_dir / "video.mp4", out=subject, head_model="synthetic", resolution=sizes.video_px, device=cfg.device,
         rigid_iters=sizes.fit_iters[0], full_iters=sizes.fit_iters[1], smooth_iters=sizes.fit_iters[2],
         progress=cfg.progress)))
     stage("train-avatar", (subject / "avatar" / "meta.json").is_file(), lambda: train_avatar(

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..tracking.video import ffmpeg_reason, ffmpeg_exe
+from ..atomic import atomic_write
+from .media import ffmpeg_reason, ffmpeg_exe
 
 __all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "check_wave", "save_wav"]
 
@@ -81,11 +82,9 @@ def save_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = SA
 
     path = Path(path)
     pcm = (np.clip(np.asarray(samples, np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
-    tmp = path.with_name(f".{path.name}.tmp")
-    with wave.open(str(tmp), "wb") as w:
+    with atomic_write(path, ".wav") as tmp, wave.open(str(tmp), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(sample_rate)
         w.writeframes(pcm.tobytes())
-    os.replace(tmp, path)
     return path
