@@ -269,6 +269,19 @@ def test_no_compiler_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(rasterize_cpu, "find_compiler", lambda: ["false"])
     with pytest.raises(RuntimeError):
         rasterize_cpu._build_and_load()
+    monkeypatch.setattr(rasterize_cpu, "find_compiler", lambda: [str(tmp_path / "no-such-c++")])
+    with pytest.raises(RuntimeError, match="cannot be run"):
+        rasterize_cpu._build_and_load()
+
+
+def test_failed_compile_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    broken = tmp_path / "broken.cpp"
+    broken.write_text('extern "C" int gft_abi_version() { return }\n')
+    monkeypatch.setenv("GFT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(rasterize_cpu, "SOURCE", broken)
+    with pytest.raises(RuntimeError, match="compiling the CPU rasterizer failed"):
+        rasterize_cpu._build_and_load()
+    assert list((tmp_path / "cache" / "cpu-rasterizer").iterdir()) == []
 
 
 @pytest.fixture

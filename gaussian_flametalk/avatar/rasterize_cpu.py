@@ -85,7 +85,10 @@ def find_compiler() -> list[str] | None:
 
 
 def _compiler_id(cmd: list[str]) -> str:
-    out = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=60)
+    try:
+        out = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"the C++ compiler {' '.join(cmd)!r} cannot be run ({exc}); set $CXX or install g++") from exc
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} --version failed: {out.stderr.strip()[:200]}")
     return out.stdout.strip().splitlines()[0] if out.stdout.strip() else "unknown"
