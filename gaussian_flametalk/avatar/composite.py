@@ -4,11 +4,16 @@ The head Gaussians render head, hair and neck with alpha over a black background
 and the background come from a source frame in which the *head region* (the person mask above the torso cut, slightly
 dilated) is replaced by a static background plate estimated over the clip:
 
-    plate  = source * (1 - region) + static * region
-    output = head + (1 - alpha) * plate
+    keep   = torso_keep(cut)                      1 above the ramp, 0 below the cut, linear in between
+    plate  = source * (1 - region * keep) + static * region * keep
+    output = keep * head + (1 - keep * alpha) * plate
 
 Torso cut: the image row of the lowest projected vertex of the rendered mesh; person-mask pixels below it are torso
-(not the avatar's job, and masked out of the training loss).
+(not the avatar's job). The head's colour and alpha are trusted only where the loss trained them, so the same ``keep``
+ramp (``TORSO_RAMP`` of the image height, ending at the cut) weighs the person pixels in the training loss
+(:func:`training_target`) and the head in the composite: below the cut the output is the source frame (collar,
+neckline and torso untouched, no smear of untrained head alpha), inside the ramp the rendered neck fades into the
+source neck, above it the render is used as trained.
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ import torch
 
 from ..geometry.camera import Camera
 
-__all__ = ["composite", "head_region", "static_background", "torso_cut_rows", "training_target"]
+__all__ = ["TORSO_RAMP", "composite", "head_region", "static_background", "torso_cut_rows", "torso_keep",
+           "training_target"]
+
+#: Height of the fade from the rendered neck to the source torso above the torso cut, as a fraction of the image.
+TORSO_RAMP = 0.04
 
 
 def static_background(
@@ -67,6 +76,15 @@ def _below(cut: np.ndarray | float, height: int, width: int) -> np.ndarray:
     return np.broadcast_to((np.arange(height) + 0.5)[:, None] > float(cut), (height, width))
 
 
+def torso_keep(cut: float, height: int, width: int, ramp: float = TORSO_RAMP) -> np.ndarray:
+    """(H, W) float32 weight of the head render: 1 above ``cut - ramp * height``, 0 at and below the cut row,
+    linear in between (pixel centres)."""
+    y = np.arange(height, dtype=np.float32) + 0.5
+    span = max(ramp * height, 1.0)
+    k = np.clip((float(cut) - y) / span, 0.0, 1.0)
+    return np.ascontiguousarray(np.broadcast_to(k[:, None], (height, width)), dtype=np.float32)
+
+
 def training_target(
     frame: np.ndarray, mask: np.ndarray, cut: float, background: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -75,18 +93,21 @@ def training_target(
     Args:
         frame: (H, W, 3) uint8; mask: (H, W) person mask in [0, 1]; cut: torso cut row; background: (3,) in [0, 1].
     Returns:
-        target (H, W, 3) float32 = frame over ``background`` by the mask; weight (H, W) float32 = 0 on the torso
-        (person pixels below the cut), else 1.
+        target (H, W, 3) float32 = frame over ``background`` by the mask; weight (H, W) float32 in [0, 1]: on person
+        pixels the :func:`torso_keep` ramp (0 on the torso below the cut, as much as the composite uses the head
+        there), elsewhere 1 (background pixels stay black and transparent everywhere, also beside the torso).
     """
     m = mask.astype(np.float32)[..., None]
     target = frame.astype(np.float32) / 255.0 * m + background.astype(np.float32) * (1.0 - m)
-    weight = 1.0 - (mask >= 0.5) * _below(cut, *mask.shape)
+    keep = torso_keep(cut, *mask.shape)
+    weight = np.where(mask >= 0.5, keep, 1.0)
     return target, weight.astype(np.float32)
 
 
 def head_region(mask: np.ndarray, cut: float, dilate: int) -> np.ndarray:
     """(H, W) float32 region of the source frame the avatar replaces: person above the cut, dilated by ``dilate``
-    pixels (feathered by a small blur)."""
+    pixels (feathered by a small blur), times the :func:`torso_keep` ramp, so the dilation never reaches over the
+    collar below the cut (there the source frame stays)."""
     import cv2
 
     region = ((mask >= 0.5) & ~_below(cut, *mask.shape)).astype(np.uint8)
@@ -94,22 +115,28 @@ def head_region(mask: np.ndarray, cut: float, dilate: int) -> np.ndarray:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate + 1, 2 * dilate + 1))
         region = cv2.dilate(region, kernel)
         region = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(dilate / 2, 0.5))
-    return np.clip(region.astype(np.float32), 0.0, 1.0)
+    return np.clip(region.astype(np.float32), 0.0, 1.0) * torso_keep(cut, *mask.shape)
 
 
 def composite(
-    head: np.ndarray, alpha: np.ndarray, source: np.ndarray, region: np.ndarray, static: np.ndarray
+    head: np.ndarray, alpha: np.ndarray, source: np.ndarray, region: np.ndarray, static: np.ndarray,
+    keep: np.ndarray | None = None,
 ) -> np.ndarray:
     """One whole frame.
 
     Args:
         head: (H, W, 3) float premultiplied head colour (rendered over black); alpha: (H, W, 1) or (H, W).
-        source: (H, W, 3) uint8 source frame; region: (H, W) head region; static: (H, W, 3) uint8 background plate.
+        source: (H, W, 3) uint8 source frame; region: (H, W) head region (:func:`head_region`); static: (H, W, 3)
+        uint8 background plate; keep: (H, W) weight of the head render (:func:`torso_keep`; None = 1 everywhere).
     Returns:
         (H, W, 3) uint8.
     """
     a = alpha.reshape(*alpha.shape[:2], 1).astype(np.float32)
+    h = head.astype(np.float32)
+    if keep is not None:
+        k = keep[..., None].astype(np.float32)
+        a, h = a * k, h * k
     r = region[..., None].astype(np.float32)
     plate = source.astype(np.float32) / 255.0 * (1.0 - r) + static.astype(np.float32) / 255.0 * r
-    out = head.astype(np.float32) + (1.0 - a) * plate
+    out = h + (1.0 - a) * plate
     return (out.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)

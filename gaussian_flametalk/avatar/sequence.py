@@ -20,7 +20,7 @@ from ..headmodel import HeadModel, HeadParams
 from ..io.meta import read_meta
 from ..io.subject import Subject
 from ..io.training import Checkpoint
-from .composite import composite, head_region, torso_cut_rows
+from .composite import composite, head_region, torso_cut_rows, torso_keep
 from .gaussians import BoundGaussians
 
 __all__ = ["AvatarRenderer", "RenderAvatarConfig", "load_params", "main", "pingpong", "render_sequence"]
@@ -110,7 +110,8 @@ class AvatarRenderer:
         frame = cv2.resize(self.subject.frame(source), size, interpolation=cv2.INTER_AREA)
         mask = cv2.resize(self.subject.mask(source), size, interpolation=cv2.INTER_AREA)
         region = head_region(mask, cut, self.dilate)
-        return composite(image[0].cpu().numpy(), alpha[0].cpu().numpy(), frame, region, self.static)
+        return composite(image[0].cpu().numpy(), alpha[0].cpu().numpy(), frame, region, self.static,
+                         torso_keep(cut, *size))
 
 
 def load_params(path: str | Path, device: torch.device | str = "cpu") -> HeadParams:

@@ -139,7 +139,8 @@ class TrainData:
 
     Attributes:
         targets: (T, H, W, 3) uint8 training targets (frames over the black background).
-        weights: (T, H, W, 1) bool loss masks (False on the torso).
+        weights: (T, H, W, 1) loss weights: uint8 (255 = 1; 0 on the torso, the :func:`.composite.torso_keep` ramp
+            above it) or bool.
         params: tracked HeadParams of the T frames.
         camera: the camera at (W, H).
         train_idx, test_idx: frame indices (the test frames are never trained on).
@@ -158,7 +159,8 @@ class TrainData:
     def batch(self, idx: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W, 3) float targets and (B, H, W, 1) float weights of frames ``idx``."""
         t = self.targets[idx].to(device).float() / 255.0
-        return t, self.weights[idx].to(device).float()
+        w = self.weights[idx].to(device).float()
+        return t, w / 255.0 if self.weights.dtype == torch.uint8 else w
 
     def silhouette(self, idx: torch.Tensor, device: torch.device | str) -> torch.Tensor | None:
         """(B, H, W, 1) float person masks in [0, 1] of frames ``idx`` (None without masks)."""
@@ -240,7 +242,7 @@ def load_training_data(subject: Subject, model: HeadModel, triangles: torch.Tens
         mask = cv2.resize(subject.mask(i), (size, size), interpolation=cv2.INTER_AREA)
         t, w = training_target(frame, mask, float(cuts[i]), black)
         targets.append(torch.from_numpy((t * 255.0).round().astype(np.uint8)))
-        weights.append(torch.from_numpy(w > 0.5)[..., None])
+        weights.append(torch.from_numpy((w * 255.0).round().astype(np.uint8))[..., None])
         masks.append(torch.from_numpy((mask * 255.0).round().astype(np.uint8))[..., None])
     train_idx, test_idx = subject.split()
     return TrainData(torch.stack(targets), torch.stack(weights), params, camera, train_idx, test_idx,

@@ -1,0 +1,55 @@
+"""Compositing below the head: the torso cut clamps the head's alpha, the same ramp weighs the training loss."""
+
+import numpy as np
+
+from gaussian_flametalk.avatar.composite import TORSO_RAMP, composite, head_region, torso_keep, training_target
+
+
+def _scene(size=64, cut=40.0):
+    mask = np.zeros((size, size), np.float32)
+    mask[8:, 16:48] = 1.0  # a person: head and neck above the cut, torso (collar) below
+    source = np.zeros((size, size, 3), np.uint8)
+    source[..., 2] = 200  # blue background
+    source[mask >= 0.5] = (30, 60, 90)  # dark shirt / skin in the source
+    static = np.full((size, size, 3), 128, np.uint8)  # grey plate (inpainted where the person always is)
+    return mask, source, static, cut
+
+
+def test_torso_keep_ramp():
+    k = torso_keep(40.0, 64, 8)
+    assert k.shape == (64, 8) and k.dtype == np.float32
+    span = TORSO_RAMP * 64
+    y = np.arange(64) + 0.5
+    assert np.all(k[y >= 40.0] == 0.0)
+    assert np.all(k[y <= 40.0 - span] == 1.0)
+    inside = (y > 40.0 - span) & (y < 40.0)
+    assert inside.any() and np.all((k[inside, 0] > 0) & (k[inside, 0] < 1))
+    assert np.all(np.diff(k[:, 0]) <= 0)  # monotone: never fades back in below
+
+
+def test_no_head_alpha_over_the_collar():
+    """A head whose (untrained) white Gaussians spill over the torso leaves the collar exactly as in the source."""
+    mask, source, static, cut = _scene()
+    head = np.ones((64, 64, 3), np.float32)  # premultiplied white, alpha 1 everywhere: the worst spill
+    alpha = np.ones((64, 64, 1), np.float32)
+    region = head_region(mask, cut, dilate=3)
+    keep = torso_keep(cut, 64, 64)
+    out = composite(head, alpha, source, region, static, keep)
+    below = (np.arange(64) + 0.5) >= cut
+    np.testing.assert_array_equal(out[below], source[below])  # collar, torso and background beside it untouched
+    assert np.all(region[below] == 0.0)  # the dilated head region stops at the cut too
+    above = (np.arange(64) + 0.5) <= cut - TORSO_RAMP * 64
+    assert np.all(out[above] == 255)  # the head itself is shown as rendered
+    # without the clamp the smear is there (this is what the test guards against)
+    smeared = composite(head, alpha, source, region, static)
+    assert np.all(smeared[below] == 255)
+
+
+def test_training_weight_matches_composite_keep():
+    mask, source, _, cut = _scene()
+    target, weight = training_target(source, mask, cut, np.zeros(3, np.float32))
+    keep = torso_keep(cut, 64, 64)
+    person = mask >= 0.5
+    np.testing.assert_allclose(weight[person], keep[person])  # the loss counts the head where the composite shows it
+    assert np.all(weight[~person] == 1.0)  # background stays black (and transparent) everywhere
+    assert np.all(target[~person] == 0.0)
