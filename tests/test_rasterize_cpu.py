@@ -253,6 +253,14 @@ def test_fresh_build_into_an_empty_cache(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "cpu-rasterizer").iterdir()] == [first.path.name]  # no temporary left over
 
 
+def test_unloadable_cached_build_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("GFT_CACHE", str(tmp_path))
+    path = rasterize_cpu.library_path(rasterize_cpu.find_compiler())
+    path.write_bytes(b"not a shared library")
+    loaded = rasterize_cpu._build_and_load()
+    assert loaded.built_now and loaded.lib.gft_abi_version() == rasterize_cpu.ABI_VERSION
+
+
 def test_unwritable_cache_falls_back_to_the_temp_dir(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -137,7 +137,14 @@ def _build_and_load() -> _Loaded:
     built_now = not path.is_file()
     if built_now:
         _build(compiler, path)
-    lib = ctypes.CDLL(str(path))
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        if built_now:
+            raise
+        _build(compiler, path)  # a cached build that no longer loads (e.g. a changed system library): rebuild it once
+        built_now = True
+        lib = ctypes.CDLL(str(path))
     if lib.gft_abi_version() != ABI_VERSION:
         raise RuntimeError(f"{path} has ABI {lib.gft_abi_version()}, expected {ABI_VERSION}")
     _declare(lib)
