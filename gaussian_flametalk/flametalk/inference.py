@@ -19,6 +19,7 @@ from ..io.audio import load_audio
 from .encoders import AudioEncoder, load_encoder
 from ..headmodel.motion import motion_from_params, motion_to_kwargs, motion_vertices
 from .model import FlameTalk, FlameTalkSpec, predict
+from .projection import MotionProjector
 
 __all__ = ["TalkModel", "load_reference_motion", "load_talk"]
 
@@ -38,11 +39,13 @@ class TalkModel:
     overlap: int
     subject_index: int | None = None
     reference: torch.Tensor | None = None
+    projector: MotionProjector | None = None
 
     def predict(self, wave: np.ndarray, mode: str = "autoregressive") -> np.ndarray:
-        """(S,) 16 kHz -> (T, M) motion."""
-        return predict(self.model, self.encoder, wave, self.template, self.fps, mode, self.window, self.overlap,
-                       subject=self.subject_index, reference=self.reference)
+        """(S,) 16 kHz -> (T, M) motion, mapped by ``projector`` (the subject's tracked distribution) when set."""
+        motion = predict(self.model, self.encoder, wave, self.template, self.fps, mode, self.window, self.overlap,
+                         subject=self.subject_index, reference=self.reference)
+        return self.projector(motion) if self.projector is not None else motion
 
     def predict_file(self, path: str | os.PathLike, mode: str = "autoregressive") -> dict[str, np.ndarray]:
         """Any audio file -> ``expression`` (T, E) and ``jaw`` (T, 3) (zero without a jaw joint). A silent file gives
@@ -88,14 +91,19 @@ def load_reference_motion(path: str | os.PathLike, head: HeadModel) -> torch.Ten
 
 
 def load_talk(folder: str | os.PathLike, subject: str | os.PathLike | None = None, device: str = "cpu",
-              style_reference: str | os.PathLike | None = None) -> TalkModel:
+              style_reference: str | os.PathLike | None = None, *, project: str | None = None,
+              pca_variance: float | None = None) -> TalkModel:
     """A trained FlameTalk from a ``talk/`` folder, driving the identity of ``subject`` (default: the first SUBJECT
     it was trained on).
 
     A PTalker model also needs the speaker's motion style: from ``style_reference`` (a SUBJECT folder or a motion
     ``.npz``, see :func:`load_reference_motion`) if given, else from ``subject``'s own training frames. A ``subject``
     the model was not trained on is an unseen subject (no personal one-hot style): its style comes from the reference,
-    without fine-tuning."""
+    without fine-tuning.
+
+    ``project`` (none | clip | pca, see :mod:`.projection`) and ``pca_variance`` keep the predictions inside
+    ``subject``'s tracked training motion; default: the training run's ``--project`` / ``--pca-variance`` (none for
+    runs from before the option)."""
     folder = Path(folder)
     meta_path, ckpt_path = folder / "meta.json", folder / "checkpoint.pt"
     if not meta_path.is_file() or not ckpt_path.is_file():
@@ -128,5 +136,8 @@ def load_talk(folder: str | os.PathLike, subject: str | os.PathLike | None = Non
     elif style_reference is not None:
         raise ValueError(f"{folder}: trained without --ptalker: a style reference needs a PTalker model")
     cfg = meta["config"]
+    project = cfg.get("project", "none") if project is None else project
+    pca_variance = float(cfg.get("pca_variance", 0.95)) if pca_variance is None else pca_variance
+    projector = MotionProjector.fit(motion[subj.split()[0]], head, project, pca_variance)
     return TalkModel(model, encoder, head, template.to(device), shape, float(meta["fps"]), cfg["window"],
-                     cfg["overlap"], index, reference)
+                     cfg["overlap"], index, reference, projector)

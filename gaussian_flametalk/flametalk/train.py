@@ -50,6 +50,7 @@ from ..headmodel.motion import motion_from_params, motion_to_kwargs, motion_vert
 from ..metrics.motion import lip_vertex_error
 from .losses import trend_loss, velocity_loss, vertex_loss
 from .model import FlameTalk, FlameTalkSpec, predict
+from .projection import MotionProjector
 from .ptalker import (adversarial_loss, infonce_loss, orthogonality_loss, style_kl_loss, style_similarity_loss,
                       topk_contrastive_loss)
 
@@ -89,6 +90,15 @@ class TalkConfig:
     overlap: int = field(default=10, metadata={"help": "inference window overlap, cross-faded (frames)"})
     infer_mode: Literal["autoregressive", "parallel"] = field(default="autoregressive", metadata={
         "help": "test-split inference: autoregressive (each prediction fed back) or parallel (one pass, mean history)"})
+    project: Literal["none", "clip", "pca"] = field(default="pca", metadata={
+        "help": "keep predictions in the subject's tracked distribution: clip to the head model's box (tracked range "
+                "where it has none), pca = clip + projection onto the training motion's principal subspace; applied "
+                "to the test-split scores and saved as the inference default"})
+    pca_variance: float = field(default=0.95, metadata={"help": "--project pca: fraction of the training motion's "
+                                                                "variance the kept components explain"})
+    init: Path | None = field(default=None, metadata={
+        "help": "start from the weights of a prior (a gft train-talk folder or its checkpoint.pt, trained on other "
+                "subjects with the same head model and audio encoder) and adapt it to the SUBJECTs"})
     checkpoint_every: int = field(default=250, metadata={"help": "checkpoint interval (iterations)"})
     device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -117,6 +127,8 @@ class TalkConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        if not 0 < self.pca_variance <= 1:
+            raise ValueError(f"--pca-variance must be in (0, 1] (got {self.pca_variance})")
         self.device = resolve_device(self.device)
 
 
@@ -193,6 +205,7 @@ def evaluate_talk(model: FlameTalk, encoder: AudioEncoder, head: HeadModel, data
     reference = data.motion[data.train_idx] if model.spec.ptalker else None
     pred = predict(model, encoder, wave, data.template.to(device), data.fps, mode, cfg.window, cfg.overlap,
                    subject=subject, reference=reference)
+    pred = MotionProjector.fit(data.motion[data.train_idx], head, cfg.project, cfg.pca_variance)(pred)
     n = min(len(pred), b - a)
     pred_t = torch.from_numpy(pred[:n])
     true = data.motion[a: a + n]
@@ -265,6 +278,43 @@ def _ptalker_step(model: FlameTalk, feats: torch.Tensor, motion: torch.Tensor, r
     return s_a + s_m_ref + pt.personal_style(templates, shown), terms
 
 
+def read_prior(path: str | Path, spec: FlameTalkSpec, cfg: TalkConfig, head: HeadModel) -> dict:
+    """The checkpoint of a ``--init`` prior (a ``gft train-talk`` folder or its ``checkpoint.pt``), checked against
+    the run it starts: same head model (kind, motion size, vertex count), same audio encoder, same architecture.
+    Every refusal names the file and what differs."""
+    path = Path(path)
+    file = path / "checkpoint.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"--init {path}: no prior checkpoint there (give a gft train-talk folder or its "
+                                f"checkpoint.pt)")
+    try:
+        state = Checkpoint(file).read("cpu")
+    except ValueError as e:
+        raise ValueError(f"--init: {e}") from None
+    if not isinstance(state, dict) or "model" not in state or "spec" not in state:
+        raise ValueError(f"--init {file}: not a FlameTalk checkpoint (no model weights or spec)")
+    saved = asdict(FlameTalkSpec(**state["spec"]))
+    if state.get("head_model") != head.kind or saved["motion_dim"] != spec.motion_dim \
+            or saved["n_vertices"] != spec.n_vertices:
+        raise ValueError(f"--init {file}: the prior drives the {state.get('head_model')} head model (motion size "
+                         f"{saved['motion_dim']}, {saved['n_vertices']} vertices), the SUBJECTs were tracked with "
+                         f"{head.kind} (motion size {spec.motion_dim}, {spec.n_vertices} vertices): use a prior "
+                         f"trained with the same head model")
+    if state.get("audio_encoder") != cfg.audio_encoder or state.get("encoder_dim") != cfg.mel_dim:
+        raise ValueError(f"--init {file}: the prior was trained with --audio-encoder {state.get('audio_encoder')} "
+                         f"(--mel-dim {state.get('encoder_dim')}), this run uses {cfg.audio_encoder} (--mel-dim "
+                         f"{cfg.mel_dim}): give the prior's encoder")
+    if saved["ptalker"] or spec.ptalker:
+        raise ValueError(f"--init {file}: priors are plain FlameTalk models (no --ptalker, neither in the prior nor "
+                         f"in the adaptation)")
+    mine = asdict(spec)
+    diff = [f"{k} {saved[k]} vs {mine[k]}" for k in mine if saved.get(k) != mine[k]]
+    if diff:
+        raise ValueError(f"--init {file}: the prior's architecture differs ({', '.join(diff)}; prior vs this run): "
+                         f"use the prior's --dim/--heads/--layers/--period/--dropout")
+    return state
+
+
 def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: Path
              ) -> tuple[FlameTalk, AudioEncoder, dict]:
     """The training loop: initialise (or resume from ``out_dir/checkpoint.pt``), train to ``cfg.iterations`` and
@@ -303,6 +353,10 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
                       normalize={"spec": lambda saved: asdict(FlameTalkSpec(**saved))})  # older specs: defaults
     state = ckpt.read(device)
     objects = {"model": model, "encoder": encoder, "optimizer": optimizer}
+    if state is None and cfg.init is not None:  # a fresh run from a prior: its weights (and motion statistics)
+        prior = read_prior(cfg.init, spec, cfg, head)
+        model.load_state_dict(prior["model"])
+        encoder.load_state_dict(prior["encoder"])
     run = restore(state, objects, gen) if state is not None else RunState()
     resumed_from, start = run.resumed_from, run.iteration
 

@@ -35,7 +35,10 @@ from ..config import add_dataclass_args, dataclass_from_args
 from ..io.audio import SAMPLE_RATE
 from ..headmodel.motion import motion_vertices, upper_face_ids
 from ..metrics.motion import face_dynamics_deviation, fourier_frequency_error, lip_vertex_error
+from ..atomic import write_json
+from ..flametalk.projection import PROJECT_MODES, MotionProjector
 from ..flametalk.train import TalkConfig, TalkData, evaluate_talk, fit_talk, loss_vertex_ids, open_subjects
+from ..headmodel.motion import mouth_opening
 from ..headmodel import HeadModel
 
 __all__ = ["BenchTalkConfig", "build_parser", "format_table", "main", "run_ablation", "shuffle_audio", "talk_metrics"]
@@ -53,6 +56,12 @@ class BenchTalkConfig(TalkConfig):
         "help": "keep the runs' checkpoints in OUT/model and OUT/shuffled (a re-run resumes); default: a temporary "
                 "folder"})
     shuffle_seed: int = field(default=1, metadata={"help": "seed of the audio block permutation"})
+    loso: bool = field(default=False, metadata={
+        "help": "leave one subject out: each SUBJECT in turn is the new subject, a prior is trained on the others "
+                "(--prior-iterations) and adapted to it (--init, --iterations), beside the subject-only and "
+                "shuffled-audio models; every prediction scored raw and with each --project mode"})
+    prior_iterations: int = field(default=600, metadata={"help": "--loso: iterations of each prior"})
+    json: Path | None = field(default=None, metadata={"help": "also write the result as JSON here"})
 
 
 def shuffle_audio(data: TalkData, seed: int) -> TalkData:
@@ -129,6 +138,81 @@ def run_ablation(cfg: BenchTalkConfig) -> dict:
     return result
 
 
+def _opening_corr(head: HeadModel, data: TalkData, frames: np.ndarray, motion: torch.Tensor) -> float:
+    with torch.no_grad():
+        op = mouth_opening(head, motion.float(), data.shape).numpy()
+        ot = mouth_opening(head, data.motion[frames], data.shape).numpy()
+    return float(np.corrcoef(op, ot)[0, 1]) if op.std() > 1e-9 and ot.std() > 1e-9 else 0.0
+
+
+def run_loso(cfg: BenchTalkConfig) -> dict:
+    """Leave one subject out (``--loso``): for each SUBJECT as the new subject, train a prior on the others, then on
+    the new subject's training frames a subject-only model, a shuffled-audio model and the prior adapted (``--init``),
+    each ``cfg.iterations`` iterations; score them (and the mean-expression baseline) on its test split with every
+    projection mode. Returns ``{"subjects": {name: {"rows": {run: {mode: metrics}}, "seconds": {run: s}}}}``;
+    metrics add ``opening_corr`` (mouth opening, prediction vs tracked)."""
+    _, head, datas = open_subjects(cfg)
+    if len(datas) < 2:
+        raise ValueError("--loso needs two or more SUBJECTs (each one's prior is trained on the others)")
+    root = Path(cfg.out) if cfg.out is not None else Path(tempfile.mkdtemp(prefix="bench_talk_loso_"))
+    result: dict = {"encoder": cfg.audio_encoder, "iterations": cfg.iterations,
+                    "prior_iterations": cfg.prior_iterations, "seq_frames": cfg.seq_frames, "subjects": {}}
+    for k, d in enumerate(datas):
+        others = [o for j, o in enumerate(datas) if j != k]
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        prior_cfg = dataclasses.replace(cfg, iterations=cfg.prior_iterations, init=None)
+        fit_talk(others, head, prior_cfg, root / f"prior_without_{d.name}")
+        seconds["prior"] = time.perf_counter() - t0
+        runs = {}
+        for key, train_data, init in (("subject-only", d, None), ("shuffled", shuffle_audio(d, cfg.shuffle_seed), None),
+                                      ("prior+adapt", d, root / f"prior_without_{d.name}")):
+            t0 = time.perf_counter()
+            model, encoder, _ = fit_talk([train_data], head, dataclasses.replace(cfg, init=init),
+                                         root / d.name / key)
+            seconds[key] = time.perf_counter() - t0
+            runs[key] = (model.cpu(), encoder.cpu())
+        h = head.cpu()
+        ids = loss_vertex_ids(h, cfg.loss_regions)
+        raw = {key: torch.from_numpy(evaluate_talk(m, e, h, d, dataclasses.replace(cfg, project="none"), ids,
+                                                   cfg.infer_mode)[1]) for key, (m, e) in runs.items()}
+        n = min(len(p) for p in raw.values())
+        frames = d.test_idx[:n]
+        raw = {key: p[:n] for key, p in raw.items()}
+        rows: dict = {"mean": {"none": None}}
+        mean = d.motion[d.train_idx].mean(0).expand(n, -1)
+        rows["mean"]["none"] = {**talk_metrics(h, d, frames, mean), "opening_corr": 0.0}
+        for key, p in raw.items():
+            rows[key] = {}
+            for mode in PROJECT_MODES:
+                q = MotionProjector.fit(d.motion[d.train_idx], h, mode, cfg.pca_variance)(p)
+                rows[key][mode] = {**talk_metrics(h, d, frames, q), "opening_corr": _opening_corr(h, d, frames, q)}
+        result["subjects"][d.name] = {"rows": rows, "seconds": seconds, "frames": n}
+        head = head.to(cfg.device)
+    return result
+
+
+def format_loso(result: dict) -> str:
+    """Markdown table of :func:`run_loso`'s result, LVE ratios against both baselines."""
+    lines = ["| subject | encoder | training | projection | LVE (mm) | FDD (mm) | mouth-opening corr | "
+             "LVE / mean | LVE / shuffled | training s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    enc = result["encoder"]
+    for name, s in result["subjects"].items():
+        rows, secs = s["rows"], s["seconds"]
+        mean = rows["mean"]["none"]
+        lines.append(f"| {name} | - | mean expression | - | {mean['lve_mm']:.3f} | {mean['fdd_mm']:+.4f} | - | 1.00 | "
+                     f"- | - |")
+        for key in ("shuffled", "subject-only", "prior+adapt"):
+            for mode, r in rows[key].items():
+                shuf = rows["shuffled"][mode]["lve_mm"]
+                t = f"{secs[key]:.0f}" + (f" (+ prior {secs['prior']:.0f})" if key == "prior+adapt" else "")
+                lines.append(f"| {name} | {enc} | {key} | {mode} | {r['lve_mm']:.3f} | {r['fdd_mm']:+.4f} | "
+                             f"{r['opening_corr']:.3f} | {r['lve_mm'] / mean['lve_mm']:.2f} | "
+                             f"{r['lve_mm'] / shuf:.2f} | {t} |")
+    return "\n".join(lines)
+
+
 def format_table(result: dict) -> str:
     """The markdown table and the LVE verdict lines of :func:`run_ablation`'s result."""
     lines = ["| subject | prediction | LVE (mm) | FDD (mm) | FFE (mm^2) | face vertex error (mm) |",
@@ -161,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = dataclass_from_args(BenchTalkConfig, build_parser().parse_args(argv))
+    if cfg.loso:
+        result = run_loso(cfg)
+        if cfg.json is not None:
+            write_json(cfg.json, result)
+        print(f"# FlameTalk leave one subject out ({cfg.audio_encoder} encoder, {cfg.iterations} iterations per "
+              f"new subject, priors {cfg.prior_iterations}, {cfg.infer_mode} inference)\n")
+        print(format_loso(result))
+        return 0
     result = run_ablation(cfg)
     print(f"# FlameTalk ablation ({cfg.audio_encoder} encoder, {cfg.iterations} iterations, {cfg.infer_mode} "
           f"inference)\n")
