@@ -308,7 +308,9 @@ int64_t gft_project_forward(int64_t C, int64_t N, const float* means, int64_t me
             conics[i * 3 + 2] = a / det;
             float extent = std::sqrt(2.f * std::log(std::max(o, ALPHA_MIN) / ALPHA_MIN));
             extent = std::min(extent, EXTENT_MAX);
-            const float rx = std::ceil(extent * std::sqrt(a)), ry = std::ceil(extent * std::sqrt(cc));
+            // (capped far beyond any image so that the int32 radii cannot overflow)
+            const float rx = std::min(std::ceil(extent * std::sqrt(a)), 1e9f);
+            const float ry = std::min(std::ceil(extent * std::sqrt(cc)), 1e9f);
             const bool on_image = (mx + rx > 0.f) && (mx - rx < width) && (my + ry > 0.f) && (my - ry < height);
             const bool visible = in_depth && ok_det && o >= ALPHA_MIN && (rx > 0.f || ry > 0.f) && on_image;
             radii[i * 2] = visible ? static_cast<int32_t>(rx) : 0;
