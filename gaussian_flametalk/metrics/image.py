@@ -29,16 +29,18 @@ def l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = N
     return _weighted_mean((pred - target).abs(), weight)
 
 
-def _gaussian_window(size: int, sigma: float, channels: int, like: torch.Tensor) -> torch.Tensor:
-    """(C, 1, size, size) normalised Gaussian kernel for a depthwise convolution."""
+def _gaussian_window(size: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+    """(size,) normalised 1-D Gaussian; the 2-D window is its outer product with itself."""
     x = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+    return g / g.sum()
 
 
 def ssim_map(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Per-pixel SSIM (zero padding at the borders, as 3D Gaussian Splatting).
+
+    The Gaussian blur is applied as two 1-D passes (rows, then columns): with zero padding that is exactly the 2-D
+    convolution with the outer-product window, at 2 x 11 instead of 121 taps.
 
     Args:
         pred, target: (B, H, W, C).
@@ -47,16 +49,17 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: 
     """
     x, y = pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
     c = x.shape[1]
-    win = _gaussian_window(window, sigma, c, x)
+    g = _gaussian_window(window, sigma, x)
+    row = g.view(1, 1, 1, window).expand(5 * c, 1, 1, window).contiguous()
+    col = g.view(1, 1, window, 1).expand(5 * c, 1, window, 1).contiguous()
     pad = window // 2
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, win, padding=pad, groups=c)
-
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
+    # the five blurred maps in one grouped convolution pass each way
+    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)
+    blurred = F.conv2d(F.conv2d(stack, row, padding=(0, pad), groups=5 * c), col, padding=(pad, 0), groups=5 * c)
+    mu_x, mu_y, xx, yy, xy = blurred.split(c, dim=1)
+    var_x = xx - mu_x**2
+    var_y = yy - mu_y**2
+    cov = xy - mu_x * mu_y
     num = (2 * mu_x * mu_y + SSIM_C1) * (2 * cov + SSIM_C2)
     den = (mu_x**2 + mu_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2)
     return (num / den).permute(0, 2, 3, 1)
