@@ -69,3 +69,23 @@ def test_console_script_runs():
     out = subprocess.run([exe, "doctor"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "torch" in out.stdout and "CUDA" in out.stdout
+
+
+def test_doctor_lists_every_registered_component(capsys):
+    from gaussian_flametalk.avatar.rasterize import RASTERIZERS
+    from gaussian_flametalk.flametalk.encoders import AUDIO_ENCODERS
+    from gaussian_flametalk.headmodel import HEAD_MODELS
+    from gaussian_flametalk.tracking.landmarks import LANDMARK_DETECTORS
+
+    assert gft.main(["doctor", "--json"]) == 0
+    report = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
+    for label, registry in (("head model", HEAD_MODELS), ("audio encoder", AUDIO_ENCODERS),
+                            ("landmark detector", LANDMARK_DETECTORS), ("rasterizer", RASTERIZERS)):
+        for name in registry.names():
+            assert f"{label}: {name} (registry)" in report
+    assert report["rasterizer: reference (registry)"]["ok"] is True
+    assert report["audio encoder: mel (registry)"]["ok"] is True
+    with pytest.raises(ValueError, match="--audio-encoder: unknown audio encoder 'melody'; choose from mel"):
+        AUDIO_ENCODERS.build("melody")
+    with pytest.raises(ValueError, match="needs wav2vec2:HUB_ID_OR_DIR"):
+        AUDIO_ENCODERS.build("wav2vec2")

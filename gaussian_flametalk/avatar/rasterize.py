@@ -54,11 +54,12 @@ from typing import Literal
 import torch
 
 from ..geometry.camera import Camera
+from ..registry import Registry
 from .rasterize_cpu import cpu_loadable
 from .rasterize_gsplat import gsplat_loadable, gsplat_status
 from .sh import MAX_SH_DEGREE, num_sh_bases
 
-__all__ = ["Backend", "RenderInfo", "gsplat_status", "render", "select_backend"]
+__all__ = ["RASTERIZERS", "Backend", "RenderInfo", "gsplat_status", "render", "select_backend"]
 
 Backend = Literal["auto", "gsplat", "cpu", "reference"]
 EPS2D = 0.3
@@ -163,16 +164,7 @@ def render(
     item_dims = {"means": 1, "quats": 1, "scales": 1, "opacities": 0, "colors": 1 if sh_degree is None else 2}
     geometry_shared = means.dim() == 2 and quats.dim() == 2 and scales.dim() == 2 and opacities.dim() == 1
     per_cam = {k: _per_camera(named[k], n_cams, item_dims[k]) for k in item_dims}
-    if chosen == "gsplat":
-        from .rasterize_gsplat import rasterize as rasterize_gsplat
-
-        rasterize_impl = functools.partial(rasterize_gsplat, geometry_shared=geometry_shared)
-    elif chosen == "cpu":
-        from .rasterize_cpu import rasterize as rasterize_cpu
-
-        rasterize_impl = functools.partial(rasterize_cpu, num_threads=num_threads)
-    else:
-        from .rasterize_ref import rasterize as rasterize_impl
+    rasterize_impl = RASTERIZERS.build(chosen, geometry_shared=geometry_shared, num_threads=num_threads)
     image, alpha, means2d, radii, depths = rasterize_impl(
         **per_cam,
         viewmats=viewmats,
@@ -250,6 +242,42 @@ def _per_camera(t: torch.Tensor, n_cams: int, item_dims: int) -> torch.Tensor:
     if t.dim() == item_dims + 2:
         return t
     return t.expand(n_cams, *t.shape)
+
+
+RASTERIZERS = Registry("rasterizer backend", "backend")
+
+
+def _loadable(check) -> tuple[bool | None, str]:
+    ok, error = check()
+    return (True, "loads") if ok else (False, str(error))
+
+
+def _gsplat_available() -> tuple[bool | None, str]:
+    if not torch.cuda.is_available():
+        return None, "no CUDA GPU here (gsplat renders only with CUDA)"
+    return _loadable(gsplat_loadable)
+
+
+@RASTERIZERS.register("gsplat", help="gsplat's CUDA kernels (float32 CUDA tensors)", available=_gsplat_available)
+def _gsplat(arg: str | None, geometry_shared: bool = False, num_threads: int | None = None):
+    from .rasterize_gsplat import rasterize
+
+    return functools.partial(rasterize, geometry_shared=geometry_shared)
+
+
+@RASTERIZERS.register("cpu", help="the compiled multithreaded CPU kernel (float32 CPU tensors)",
+                      available=lambda: _loadable(cpu_loadable))
+def _cpu(arg: str | None, geometry_shared: bool = False, num_threads: int | None = None):
+    from .rasterize_cpu import rasterize
+
+    return functools.partial(rasterize, num_threads=num_threads)
+
+
+@RASTERIZERS.register("reference", help="the tile-based PyTorch reference (any device and dtype; the specification)")
+def _reference(arg: str | None, geometry_shared: bool = False, num_threads: int | None = None):
+    from .rasterize_ref import rasterize
+
+    return rasterize
 
 
 _cpu_fallback_warned = False

@@ -215,7 +215,34 @@ def run_checks(config: DoctorConfig) -> list[Check]:
     except Exception as exc:
         checks.append(Check("audio encoders", False, f"{type(exc).__name__}: {exc}"))
     checks.append(_guard("ffmpeg", check_ffmpeg))
+    checks += registry_checks()
     return checks
+
+
+#: the pluggable parts, as (label, module, registry name); each registry is imported on its own, so one broken
+#: stage dependency shows as a FAIL row instead of stopping the doctor
+REGISTRIES = (
+    ("head model", "headmodel", "HEAD_MODELS"),
+    ("audio encoder", "flametalk.encoders", "AUDIO_ENCODERS"),
+    ("landmark detector", "tracking.landmarks", "LANDMARK_DETECTORS"),
+    ("rasterizer", "avatar.rasterize", "RASTERIZERS"),
+)
+
+
+def registry_checks() -> list[Check]:
+    """One row per registered component (``--head-model``, ``--audio-encoder``, ``--detector``, rasterizer backend):
+    whether it can be used here and why."""
+    import importlib
+
+    rows = []
+    for label, module, name in REGISTRIES:
+        try:
+            registry = getattr(importlib.import_module(f"gaussian_flametalk.{module}"), name)
+        except Exception as exc:  # noqa: BLE001 - report, never crash
+            rows.append(Check(f"{label}s", False, f"{type(exc).__name__}: {exc}"))
+            continue
+        rows += [Check(f"{label}: {entry} (registry)", ok, why) for entry, ok, why in registry.report()]
+    return rows
 
 
 def format_table(checks: list[Check]) -> str:
