@@ -30,12 +30,13 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from ..atomic import atomic_write
 
 SOURCE = Path(__file__).parent / "csrc" / "rasterize_cpu.cpp"
 ABI_VERSION = 2
@@ -106,16 +107,11 @@ def library_path(compiler: list[str]) -> Path:
 
 def _build(compiler: list[str], target: Path) -> None:
     """Compile the kernel to ``target`` atomically (a temporary name, then a rename: parallel builds are harmless)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}-{os.getpid()}-{uuid.uuid4().hex[:8]}.so")
-    cmd = [*compiler, *CXX_FLAGS, str(SOURCE), "-o", str(tmp)]
-    try:
+    with atomic_write(target, ".so") as tmp:
+        cmd = [*compiler, *CXX_FLAGS, str(SOURCE), "-o", str(tmp)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         if proc.returncode != 0:
             raise RuntimeError(f"compiling the CPU rasterizer failed ({' '.join(cmd)}):\n{proc.stderr.strip()[-2000:]}")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass
