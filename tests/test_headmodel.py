@@ -52,9 +52,13 @@ def test_loader_reads_arrays_counts_and_triangles_as_written(flame_dir, model):
         np.testing.assert_array_equal(loaded[key], arrays[key])
     np.testing.assert_array_equal(loaded["f"], arrays["f"])
     assert loaded["shapedirs"].shape[2] == 400 and loaded["posedirs"].shape[2] == 36
-    assert model.n_vertices == len(arrays["v_template"]) and model.n_faces == len(arrays["f"])
+    # FLAME's own vertices and faces first, then the procedural mouth interior (teeth rows, back wall)
+    n_mouth = sum(len(model.regions[n]) for n in ("teeth_upper", "teeth_lower", "mouth"))
+    assert n_mouth > 0 and model.n_vertices == len(arrays["v_template"]) + n_mouth
+    assert torch.equal(model.template[: len(arrays["v_template"])].double(), torch.as_tensor(arrays["v_template"]))
     assert (model.n_shape, model.n_expression) == (N_SHAPE, N_EXPRESSION)
-    assert torch.equal(model.faces, torch.as_tensor(arrays["f"]))
+    assert torch.equal(model.faces[: len(arrays["f"])], torch.as_tensor(arrays["f"]))
+    assert int(model.faces[len(arrays["f"]):].min()) >= len(arrays["v_template"])
     assert torch.equal(model.landmark_faces, torch.as_tensor(embedding.face_idx))
     assert model.parents == [-1, 0, 1, 1, 1]
 
@@ -244,7 +248,7 @@ def test_pose_parts_and_shapes_are_checked(model):
 
 def test_regions_and_synthetic_masks(model):
     regions = model.regions
-    assert set(regions) == {"face", "lips", "eyes", "scalp", "neck"}
+    assert set(regions) == {"face", "lips", "eyes", "scalp", "neck", "teeth_upper", "teeth_lower", "mouth"}
     for name, idx in regions.items():
         assert len(idx) > 20, name
     verts = model.template
@@ -254,6 +258,37 @@ def test_regions_and_synthetic_masks(model):
     # iBUG layout on the template: eyes above the nose tip above the mouth above the chin; right (0-side) at -x
     assert lmk[36:48, 1].mean() > lmk[30, 1] > lmk[48:68, 1].mean() > lmk[8, 1]
     assert lmk[0, 0] < 0 < lmk[16, 0] and lmk[36, 0] < lmk[45, 0]
+
+
+def test_procedural_teeth_follow_head_and_jaw(model, flame_dir):
+    """Upper teeth rigid with the head, lower teeth with the jaw, both just behind the lips; mouth=False: plain FLAME."""
+    r = model.regions
+    upper, lower, wall = r["teeth_upper"], r["teeth_lower"], r["mouth"]
+    own = set(range(model.n_vertices - len(upper) - len(lower) - len(wall)))
+    for name in ("face", "lips", "eyes", "scalp", "neck"):
+        assert set(r[name].tolist()) <= own, name  # FLAME's regions hold none of the new vertices
+    p = HeadParams.zeros(model, 3)
+    p.expression[1] = 0.8  # an expression deforms the lips, never the teeth
+    p.jaw[2, 0] = 0.3  # open the jaw
+    v = model.forward_params(p)
+    assert torch.allclose(v[1, upper], v[0, upper], atol=1e-7) and torch.allclose(v[1, lower], v[0, lower], atol=1e-7)
+    assert torch.allclose(v[2, upper], v[0, upper], atol=1e-7)  # the jaw leaves the upper row in place
+    assert (v[2, lower] - v[0, lower]).norm(dim=-1).min() > 0.005  # ... and carries the lower row down
+    assert v[2, lower, 1].mean() < v[0, lower, 1].mean() - 0.005
+    lmk = model.landmarks(v[:1])[0]
+    assert v[0, upper, 1].mean() > v[0, lower, 1].mean()
+    assert v[0, upper, 2].max() < lmk[48:68, 2].max()  # behind the lips
+    assert v[0, wall, 2].max() < v[0, upper, 2].max()  # the back wall behind the teeth
+    lo, hi = sorted((float(lmk[48, 0]), float(lmk[54, 0])))
+    assert lo < float(v[0, upper, 0].min()) and float(v[0, upper, 0].max()) < hi  # between the mouth corners
+    # a head turn moves both rows rigidly with the head
+    p2 = HeadParams.zeros(model, 1)
+    p2.neck[0, 1] = 0.4
+    v2 = model.forward_params(p2)
+    d0 = torch.cdist(v[0, upper], v[0, upper])
+    assert torch.allclose(torch.cdist(v2[0, upper], v2[0, upper]), d0, atol=1e-4)  # cdist rounding
+    plain = FlameModel.from_files(flame_dir / "generic_model.pkl", n_shape=10, n_expression=10, mouth=False)
+    assert plain.n_vertices == len(own) and "teeth_upper" not in plain.regions
 
 
 def test_derived_regions_without_masks_file(flame_dir, tmp_path):

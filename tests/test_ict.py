@@ -336,3 +336,21 @@ def test_ict_landmark_shortcut_matches_full_evaluation(model):
     p = {"shape": torch.randn(2, model.n_shape, generator=g), "expression": torch.rand(2, model.n_expression, generator=g),
          "rotation": torch.randn(2, 3, generator=g) * 0.2, "translation": torch.randn(2, 3, generator=g) * 0.1}
     assert torch.allclose(model.forward_landmarks(**p), model.landmarks(model(**p)), atol=1e-6)
+
+
+def test_mouth_interior_regions(model):
+    """Teeth split by the jaw: jawOpen carries the lower row down and leaves the upper row; gums/tongue/socket = mouth."""
+    r = model.regions
+    upper, lower, mouth = r["teeth_upper"], r["teeth_lower"], r["mouth"]
+    assert len(upper) > 1000 and len(lower) > 1000 and len(mouth) > 1000
+    assert not torch.isin(upper, lower).any()
+    teeth = torch.as_tensor(model.parts["teeth"])
+    assert set(torch.cat([upper, lower]).tolist()) == set(teeth.tolist())
+    base = model(expression=expr(model))[0]
+    opened = model(expression=expr(model, jawOpen=1.0))[0]
+    move = (opened - base).norm(dim=-1)
+    assert float(move[upper].max()) < 1e-4  # rigid with the head
+    assert float(move[lower].min()) > 1e-3 and opened[lower, 1].mean() < base[lower, 1].mean() - 0.005  # with the jaw
+    assert base[upper, 1].mean() > base[lower, 1].mean()
+    lip = model.landmarks(base[None])[0]
+    assert base[upper, 2].max() < lip[48:68, 2].max()  # behind the lips

@@ -40,6 +40,7 @@ from ..atomic import save_npz, save_png
 from ..config import config_to_dict, resolve_device, validate
 from ..geometry.camera import Camera
 from ..headmodel import HeadModel, HeadParams, load_head_model
+from ..headmodel.base import MOUTH_REGION_NAMES
 from ..io.meta import StageMeta, package_versions, write_meta
 from ..io.subject import Subject
 from ..io.training import Checkpoint, RunState, restore, run_training
@@ -64,6 +65,11 @@ from .schedule import Schedule, resolve_schedule
 __all__ = ["AvatarConfig", "FrameParams", "TrainData", "fit_avatar", "load_training_data", "main", "train_avatar"]
 
 TUNED_POSE = ("rotation", "neck", "jaw", "eyes")
+#: At most this many mouth-interior triangles carry Gaussians (:func:`avatar_triangles`).
+MOUTH_MAX_TRIANGLES = 4000
+#: Initial colours of the mouth-interior Gaussians (they start hidden behind the lips, so the first frame's pixels at
+#: their centroids are lip colour): off-white teeth, a dark mouth.
+MOUTH_INIT_COLORS = {"teeth_upper": (0.85, 0.82, 0.76), "teeth_lower": (0.85, 0.82, 0.76), "mouth": (0.12, 0.04, 0.04)}
 
 
 @dataclass
@@ -78,8 +84,10 @@ class AvatarConfig:
     batch_size: int = field(default=1, metadata={"help": "frames per iteration"})
     device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     seed: int = field(default=0, metadata={"help": "random seed"})
-    regions: tuple[str, ...] = field(default=("face", "lips", "eyes", "scalp", "neck"),
-                                     metadata={"help": "head-model regions whose triangles carry Gaussians"})
+    regions: tuple[str, ...] = field(default=("face", "lips", "eyes", "scalp", "neck", *MOUTH_REGION_NAMES),
+                                     metadata={"help": "head-model regions whose triangles carry Gaussians (the mouth "
+                                                       "regions teeth_upper, teeth_lower, mouth are skipped on a head "
+                                                       "model without them)"})
     max_triangles: int = field(default=0, metadata={"help": "bind to at most this many triangles (random subset; 0 = all)"})
     init_scale: float = field(default=0.5, metadata={"help": "initial std relative to the triangle scale"})
     init_opacity: float = field(default=0.1, metadata={"help": "initial opacity"})
@@ -188,6 +196,24 @@ class FrameParams(nn.Module):
         return HeadParams(**{n: getattr(self, n).detach() for n in HeadParams.NAMES})
 
 
+def avatar_triangles(model: HeadModel, names: tuple[str, ...]) -> torch.Tensor:
+    """Triangles carrying Gaussians: those in the regions ``names`` (:func:`.gaussians.region_triangles`); a mouth
+    region the head model lacks is skipped, any other unknown region is an error. The mouth interior, mostly hidden
+    and finely meshed (ICT: 18,668 triangles of teeth, gums, tongue and socket), keeps every k-th of its own triangles,
+    at most ``MOUTH_MAX_TRIANGLES`` (densification fills in where the pictures need more)."""
+    have = model.regions
+    names = tuple(n for n in names if n in have or n not in MOUTH_REGION_NAMES)
+    mouth = tuple(n for n in names if n in MOUTH_REGION_NAMES)
+    rest = tuple(n for n in names if n not in MOUTH_REGION_NAMES)
+    if not mouth or not rest:
+        return region_triangles(model.faces, have, names)
+    outer = region_triangles(model.faces, have, rest)
+    inner = region_triangles(model.faces, have, mouth)
+    inner = inner[~torch.isin(inner, outer)]
+    stride = max(1, math.ceil(inner.numel() / MOUTH_MAX_TRIANGLES))
+    return torch.cat([outer, inner[::stride]]).sort().values
+
+
 def tuned_parts(model: HeadModel) -> tuple[str, ...]:
     """Head parameters fine-tuned per frame: expression, the pose parts the model has, translation."""
     return ("expression", *[p for p in TUNED_POSE if p in model.pose_parts], "translation")
@@ -263,7 +289,15 @@ def _init_colors(data: TrainData, model: HeadModel, triangles: torch.Tensor, dev
     h, w = data.targets.shape[1:3]
     uv[:, 0].clamp_(0, w - 1)
     uv[:, 1].clamp_(0, h - 1)
-    return (data.targets[i, uv[:, 1], uv[:, 0]].float() / 255.0).to(device)
+    colors = (data.targets[i, uv[:, 1], uv[:, 0]].float() / 255.0).to(device)
+    regions = model.regions
+    for name, rgb in MOUTH_INIT_COLORS.items():
+        if name in regions:
+            inside = torch.zeros(model.n_vertices, dtype=torch.bool, device=device)
+            inside[regions[name].to(device)] = True
+            on = inside[model.faces[triangles].to(device)].all(dim=1)
+            colors[on] = torch.tensor(rgb, dtype=colors.dtype, device=device)
+    return colors
 
 
 def _optimizer(gaussians: BoundGaussians, frames: FrameParams, cfg: AvatarConfig, k_mean: float) -> torch.optim.Adam:
@@ -362,7 +396,7 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
 
     ref_verts = posed_vertices(model, data.params[data.train_idx].to(device))
     face_scale = triangle_frames(ref_verts.mean(dim=0, keepdim=True), faces).scale[0]
-    triangles = region_triangles(faces, model.regions, cfg.regions)
+    triangles = avatar_triangles(model, cfg.regions)
     if triangles.numel() == 0:
         raise ValueError(f"no triangle lies in the regions {cfg.regions}")
     if 0 < cfg.max_triangles < triangles.numel():
@@ -468,7 +502,7 @@ def train_avatar(cfg: AvatarConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # unfinished until rewritten
     model = model.to(cfg.device)
-    triangles = region_triangles(model.faces, model.regions, cfg.regions).cpu()
+    triangles = avatar_triangles(model, cfg.regions).cpu()
     t0 = time.perf_counter()
     data = load_training_data(subject, model.cpu(), triangles, cfg.resolution)
     static = static_background(subject.n_frames, subject.frame, subject.mask)

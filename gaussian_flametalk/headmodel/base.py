@@ -35,6 +35,10 @@ IBUG68_PARTS: dict[str, range] = {
 
 #: Names of the vertex regions every model provides.
 REGION_NAMES = ("face", "lips", "eyes", "scalp", "neck")
+#: Mouth-interior regions a model provides where it has the geometry (ICT-FaceKit: teeth, gums, tongue, mouth socket;
+#: FLAME: procedural teeth rows): upper teeth (rigid with the head), lower teeth (with the jaw), and ``mouth`` (gums,
+#: tongue and the mouth socket: the dark interior).
+MOUTH_REGION_NAMES = ("teeth_upper", "teeth_lower", "mouth")
 
 POSE_DIMS: dict[str, int] = {"rotation": 3, "neck": 3, "jaw": 3, "eyes": 6}
 
@@ -102,7 +106,8 @@ class HeadModel(nn.Module):
 
     Subclasses set, in ``__init__``, the buffers ``template`` (V,3), ``faces`` (F,3) long,
     ``landmark_faces`` (68,) long, ``landmark_bary`` (68,3), ``landmark_weights`` (68,) (0 where the
-    model defines no such point), one long buffer ``region_<name>`` per name in REGION_NAMES, and
+    model defines no such point), one long buffer ``region_<name>`` per name in REGION_NAMES (and optionally per
+    name in MOUTH_REGION_NAMES), and
     the attributes ``kind``, ``n_shape``, ``n_expression``, ``pose_parts``, ``expression_names``.
     Subclasses implement :meth:`_deform`.
     """
@@ -131,8 +136,13 @@ class HeadModel(nn.Module):
 
     @property
     def regions(self) -> dict[str, torch.Tensor]:
-        """Vertex index sets: face, lips, eyes, scalp (hair), neck."""
-        return {name: getattr(self, f"region_{name}") for name in REGION_NAMES}
+        """Vertex index sets: face, lips, eyes, scalp (hair), neck, and the mouth-interior regions the model has."""
+        out = {name: getattr(self, f"region_{name}") for name in REGION_NAMES}
+        for name in MOUTH_REGION_NAMES:
+            idx = getattr(self, f"region_{name}", None)
+            if idx is not None and idx.numel():
+                out[name] = idx
+        return out
 
     @property
     def motion_dim(self) -> int:

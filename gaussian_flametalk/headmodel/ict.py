@@ -42,6 +42,10 @@ Regions (vertex index sets, computed on the neutral mesh; see :func:`ict_regions
 - ``neck``: face-area and head-and-neck vertices below the chin (height of landmark 8): the back and sides
   of the neck and, from the face area, the underside of the chin and the front of the neck (so ``neck``
   overlaps ``face``).
+- mouth interior (where the parts are kept): ``teeth_lower`` = teeth vertices that ``jawOpen`` moves by more than
+  ``JAW_TEETH_MOTION`` (1 mm; ICT's jaw is a blend shape, and it carries the lower teeth: 2,204 of the 4,412 teeth
+  vertices, the lower row), ``teeth_upper`` = the other teeth vertices (still under jawOpen: rigid with the head),
+  ``mouth`` = gums, tongue and the mouth socket.
 
 Cache. Parsing the OBJ files is slow (about 25 ms each), so the converted arrays are cached in an ``.npz``
 file named by a SHA-256 key over the names, sizes and SHA-256 digests of every OBJ in the folder (and a
@@ -65,7 +69,7 @@ import torch
 
 from ..atomic import save_npz
 from ..geometry.rotation import axis_angle_to_matrix
-from .base import REGION_NAMES, HeadModel
+from .base import MOUTH_REGION_NAMES, REGION_NAMES, HeadModel
 
 NEUTRAL_NAME = "generic_neutral_mesh.obj"
 IDENTITY_PATTERN = re.compile(r"^identity(\d+)\.obj$", re.IGNORECASE)
@@ -103,6 +107,8 @@ LANDMARK_VERTICES: tuple[int, ...] = (
     4269, 3360, 1507, 1542, 1537, 1528, 1518, 1511, 3742, 3751, 3756, 3721, 3725, 3732, 5708, 5695, 2081,
     0, 4275, 6200, 6213, 6346, 6461, 5518, 5957, 5841, 5702, 5711, 5533, 6216, 6207, 6470, 5517, 5966,
 )
+#: A teeth vertex that jawOpen moves further than this (metres) is a lower tooth.
+JAW_TEETH_MOTION = 1e-3
 #: Lips region: margin around the outer lip contour, metres.
 LIP_MARGIN = 0.003
 #: Lips region: how far behind the rearmost lip landmark a lip vertex may lie, metres.
@@ -183,7 +189,9 @@ class IctModel(HeadModel):
 
         lmk_vertices = new_index[np.asarray(LANDMARK_VERTICES)]
         lmk_faces, lmk_bary = vertex_landmark_embedding(faces, lmk_vertices)
-        regions_full = ict_regions(neutral, drop)
+        names = [str(n) for n in arrays["expression_names"]]
+        jaw_open = arrays["expression"][names.index("jawOpen")] if "jawOpen" in names else None
+        regions_full = ict_regions(neutral, drop, jaw_open)
 
         f32 = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
         self.register_buffer("template", f32(neutral[keep]))
@@ -194,7 +202,7 @@ class IctModel(HeadModel):
         self.register_buffer("landmark_bary", f32(lmk_bary))
         self.register_buffer("landmark_weights", torch.ones(len(LANDMARK_VERTICES), dtype=torch.float32))
         self.register_buffer("original_index", torch.as_tensor(np.nonzero(keep)[0], dtype=torch.long))
-        for name in REGION_NAMES:
+        for name in REGION_NAMES + MOUTH_REGION_NAMES:
             idx = new_index[np.nonzero(regions_full[name] & keep)[0]]
             self.register_buffer(f"region_{name}", torch.as_tensor(idx, dtype=torch.long))
 
@@ -249,13 +257,16 @@ def _part_mask(name: str, n: int) -> np.ndarray:
     return mask
 
 
-def ict_regions(neutral: np.ndarray, drop: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+def ict_regions(neutral: np.ndarray, drop: tuple[str, ...] = (), jaw_open: np.ndarray | None = None
+                ) -> dict[str, np.ndarray]:
     """Region masks (original indexing, (V,) bool each) on the neutral mesh (V, 3) in metres.
 
     Rules (documented in the module docstring): face = face area; lips = face-area vertices inside the
     outer lip contour in the frontal projection, or within ``LIP_MARGIN`` of it, and within ``LIP_DEPTH``
     behind the lip landmarks; eyes = eyeballs, eye sockets and kept eye shells; scalp = head-and-neck at or
-    above the brow level; neck = face area and head-and-neck below the chin.
+    above the brow level; neck = face area and head-and-neck below the chin; teeth_lower = teeth moved by the
+    ``jaw_open`` blend shape (V, 3) by more than ``JAW_TEETH_MOTION`` (none without it), teeth_upper = the other
+    teeth; mouth = gums, tongue and mouth socket.
     """
     n = len(neutral)
     face = _part_mask("face", n)
@@ -278,7 +289,11 @@ def ict_regions(neutral: np.ndarray, drop: tuple[str, ...] = ()) -> dict[str, np
     chin_y = lmk[8, 1]
     scalp = head_neck & (neutral[:, 1] >= brow_y)
     neck = (head_neck | face) & (neutral[:, 1] < chin_y)
-    return {"face": face, "lips": lips, "eyes": eyes, "scalp": scalp, "neck": neck}
+    teeth = _part_mask("teeth", n)
+    moved = np.zeros(n, dtype=bool) if jaw_open is None else np.linalg.norm(jaw_open, axis=-1) > JAW_TEETH_MOTION
+    mouth = _part_mask("gums_tongue", n) | _part_mask("mouth_socket", n)
+    return {"face": face, "lips": lips, "eyes": eyes, "scalp": scalp, "neck": neck,
+            "teeth_upper": teeth & ~moved, "teeth_lower": teeth & moved, "mouth": mouth}
 
 
 def _points_in_polygon(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
