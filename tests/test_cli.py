@@ -89,3 +89,27 @@ def test_doctor_lists_every_registered_component(capsys):
         AUDIO_ENCODERS.build("melody")
     with pytest.raises(ValueError, match="needs wav2vec2:HUB_ID_OR_DIR"):
         AUDIO_ENCODERS.build("wav2vec2")
+
+
+def test_expected_errors_are_one_line_with_exit_2_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("not a video")
+    out = tmp_path / "S"
+    assert gft.main(["track", str(fake), "--out", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[gft]")]
+    assert len(err) == 1 and err[0].startswith("gft track: error: ") and str(fake) in err[0]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["fake.mp4"]
+    assert gft.main(["--debug", "track", str(fake), "--out", str(out)]) == 2
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setenv("GFT_DEBUG", "1")
+    assert gft.main(["track", str(tmp_path / "missing.mp4"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "missing.mp4: no such file" in err
+
+
+def test_unexpected_errors_keep_their_traceback(monkeypatch):
+    from gaussian_flametalk.scripts import doctor as doctor_module
+
+    monkeypatch.setattr(doctor_module, "run_checks", lambda config: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        gft.main(["doctor"])

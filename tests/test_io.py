@@ -147,3 +147,41 @@ def test_training_loop_resumes_exactly_and_refuses_another_architecture(tmp_path
     assert straight.history[-1]["loss"] < straight.history[0]["loss"]
     with pytest.raises(ValueError, match="arch"):
         Checkpoint(tmp_path / "a.pt", {"arch": "other"}).read()
+
+
+def test_a_diverged_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    from gaussian_flametalk.errors import GftError, TrainingDivergedError
+
+    gen = torch.Generator().manual_seed(0)
+    model = _Toy()
+    ckpt = Checkpoint(tmp_path / "c.pt")
+
+    def step(it):
+        with torch.no_grad():
+            model.w += 1.0 if it < 24 else float("nan")
+        return {"loss": float(model.w.sum()), "other": 1.0}
+
+    with pytest.raises(TrainingDivergedError, match=r"iteration 25: loss = nan; .*c\.pt \(iteration 20\) is kept") as e:
+        run_training(ckpt, RunState(), 50, step, lambda: {"model": model}, gen, checkpoint_every=10, progress=False)
+    assert isinstance(e.value, GftError)
+    state = torch.load(tmp_path / "c.pt", weights_only=False)
+    assert state["iteration"] == 20 and torch.isfinite(state["model"]["w"]).all()
+    assert torch.equal(state["model"]["w"], torch.full((4,), 20.0))
+
+
+def test_stage_lock_refuses_a_second_writer_and_takes_over_a_stale_lock(tmp_path):
+    from gaussian_flametalk.errors import StageBusyError
+    from gaussian_flametalk.io.lock import lock_path, stage_lock
+
+    target = tmp_path / "S" / "avatar"
+    with stage_lock(target, "train-avatar") as path:
+        assert path == lock_path(target) and path.is_file()
+        with pytest.raises(StageBusyError, match=r"being written by gft train-avatar \(pid \d+"):
+            with stage_lock(target, "train-avatar"):
+                pass
+    assert not lock_path(target).exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+    lock_path(target).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "stage": "x"}))
+    with stage_lock(target, "train-avatar"):  # the stale lock of a finished process is taken over
+        assert json.loads(lock_path(target).read_text())["stage"] == "train-avatar"

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import GftError
 from ..config import config_to_dict, resolve_device, validate
 from ..io.meta import package_versions
 from ..io.audio import SAMPLE_RATE, load_audio, save_wav
@@ -72,7 +73,7 @@ PAUSE_S = 0.2  # silence between sentences, and before the first / after the las
 FRAME_CHUNK = 25  # frames rendered per head-model batch
 
 
-class EspeakMissingError(RuntimeError):
+class EspeakMissingError(GftError, RuntimeError):
     """espeak-ng (the speech synthesizer the demo subject speaks with) is not installed."""
 
 

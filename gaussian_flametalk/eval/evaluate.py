@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import GftError
 from ..config import config_to_dict, resolve_device, validate
 from ..io.meta import package_versions
 from ..io.audio import AudioError, load_audio
@@ -94,7 +95,7 @@ class EvalConfig:
         self.device = resolve_device(self.device)
 
 
-class ReferenceMismatchError(ValueError):
+class ReferenceMismatchError(GftError, ValueError):
     """The reference is too far from a video in length or frame rate to be aligned."""
 
 

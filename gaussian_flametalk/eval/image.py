@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import GftError
 from ..metrics.image import psnr, ssim_map
 
 __all__ = ["ALEXNET_URL", "LPIPS", "LPIPS_CHANNELS", "AlexNetFeatures", "ImageQuality", "LPIPSHeads",
@@ -38,7 +39,7 @@ _SHIFT = (-0.030, -0.088, -0.188)
 _SCALE = (0.458, 0.448, 0.450)
 
 
-class WeightsUnavailableError(FileNotFoundError):
+class WeightsUnavailableError(GftError, FileNotFoundError):
     """Metric weights the user has to supply are missing; the message says what to get and where to put it."""
 
 

@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import GftError
+
 __all__ = ["SyncNet", "SyncNetError", "face_crops", "load_syncnet", "mfcc_features", "sync_offset_scores",
            "syncnet_scores"]
 
@@ -59,7 +61,7 @@ VIDEO_WINDOW = 5
 CROP_SIZE = 224
 
 
-class SyncNetError(ValueError):
+class SyncNetError(GftError, ValueError):
     """A SyncNet weights file that cannot be used, or input SyncNet cannot score; the message says why."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
+from ..errors import GftError
 from ..atomic import atomic_write
 
 #: Keys every FLAME model file has.
@@ -35,7 +36,7 @@ CHUMPY_KEYS = ("v_template", "shapedirs", "posedirs", "weights", "J")
 _WHERE_TO_GET = "FLAME is licensed: register at https://flame.is.tue.mpg.de and download FLAME 2020 or FLAME 2023"
 
 
-class FlameFileError(ValueError):
+class FlameFileError(GftError, ValueError):
     """A file that is not a usable FLAME model; the message names the file and the problem."""
 
 

@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import GftError
 
-class LandmarkEmbeddingError(ValueError):
+
+class LandmarkEmbeddingError(GftError, ValueError):
     """A landmark embedding file that cannot be used; the message names the file and the problem."""
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import GftError
 from ..atomic import atomic_write
 from .media import ffmpeg_reason, ffmpeg_exe
 
@@ -24,7 +25,7 @@ SAMPLE_RATE = 16000
 SILENCE_PEAK = 1e-4
 
 
-class AudioError(ValueError):
+class AudioError(GftError, ValueError):
     """An audio file that cannot be used; the message names the file and the problem."""
 
 

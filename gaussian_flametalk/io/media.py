@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import GftError
 from ..atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 
-class VideoError(ValueError):
+class VideoError(GftError, ValueError):
     """A file that cannot be read or written as a video; the message names the file and ffmpeg's reason."""
 
 

@@ -6,6 +6,10 @@ one interval and a re-run continues exactly where the checkpoint left off: the c
 objects (models, optimizers, anything with ``state_dict`` / ``load_state_dict``), the run's random generator and
 torch's global RNG, the history rows and the seconds trained so far.
 
+A step whose history row holds a NaN or infinite number (a diverged loss) stops the run with a
+:class:`~gaussian_flametalk.errors.TrainingDivergedError` naming the iteration and the term, before anything is
+saved: the last checkpoint on disk is the last good one, never a non-finite one.
+
 Checkpoint layout (``torch.save`` dict): ``format``, ``iteration``, ``history``, ``train_seconds``, ``generator``,
 ``torch_rng``, one key per named object (its state dict), and the stage's identity keys (compared on resume: a
 checkpoint made by another architecture or head model is refused, naming the file and the key) and extra keys.
@@ -13,6 +17,7 @@ checkpoint made by another architecture or head model is refused, naming the fil
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +27,7 @@ from typing import Any
 import torch
 
 from ..atomic import save_torch
+from ..errors import TrainingDivergedError
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "RunState", "restore", "run_training"]
 
@@ -103,6 +109,15 @@ def restore(state: Mapping[str, Any], objects: Mapping[str, Any], generator: tor
     return RunState(it, list(state["history"]), float(state["train_seconds"]), it)
 
 
+def _check_finite(row: Mapping[str, Any], done: int, checkpoint: Checkpoint, saved: int) -> None:
+    bad = {k: v for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        terms = ", ".join(f"{k} = {v}" for k, v in bad.items())
+        kept = f"{checkpoint.path} (iteration {saved}) is kept" if checkpoint.path.is_file() else "nothing was saved"
+        raise TrainingDivergedError(f"training diverged at iteration {done}: {terms}; {kept}. Lower the learning "
+                                    f"rates or loss weights and run again")
+
+
 def run_training(
     checkpoint: Checkpoint,
     run: RunState,
@@ -144,6 +159,7 @@ def run_training(
             row = step(it)
             done = it + 1
             if row is not None:
+                _check_finite(row, done, checkpoint, run.iteration)
                 run.history.append({"iteration": done, **row})
                 bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()})
             bar.update(1)

@@ -3,16 +3,28 @@
 Each subcommand's options are the fields of that stage's config dataclass (see ``config.py``). Only the chosen
 subcommand's module is imported (``gft doctor`` runs even when one stage's dependency is broken, and ``gft --help``
 imports no stage at all).
+
+Errors: an expected one (:class:`~gaussian_flametalk.errors.GftError`, and the ``ValueError`` / file errors every
+input check raises, naming the file or option) prints ``gft <command>: error: <message>`` as one line on stderr and
+exits 2, like a bad option; ``--debug`` (anywhere on the line) or ``GFT_DEBUG=1`` shows the traceback as well. Anything
+else is a bug: its traceback and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from dataclasses import dataclass
 
 from ..config import add_dataclass_args, dataclass_from_args
+from ..errors import GftError
+
+#: what an input check raises: reported as one line, exit status 2
+EXPECTED_ERRORS = (GftError, ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+                   NotADirectoryError)
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
@@ -67,14 +79,35 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("GFT_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(chosen if chosen in {c.name for c in COMMANDS} else "")
     args = parser.parse_args(argv)
+    name = args._command.name
     try:
         config = dataclass_from_args(args._config, args)
     except ValueError as e:  # a config's own validation: refused before any work, as a usage error
-        parser.error(f"{args._command.name}: {e}")
-    return args._run(config)
+        if debug:
+            traceback.print_exc()
+        parser.error(f"{name}: {e}")
+    try:
+        return args._run(config)
+    except EXPECTED_ERRORS as e:
+        if debug:
+            traceback.print_exc()
+        print(f"gft {name}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gft {name}: interrupted (a re-run resumes from the last checkpoint)", file=sys.stderr)
+        return 130
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line (later lines, e.g. a compiler's output, are left to --debug)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text + (" (more with --debug)" if len(lines) > 1 else "")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import GftError
 from ..registry import Registry
 
 __all__ = [
@@ -66,15 +67,15 @@ __all__ = [
 ]
 
 
-class NoFaceError(ValueError):
+class NoFaceError(GftError, ValueError):
     """No face found in a clip (or image); the message names the source."""
 
 
-class MultipleFacesError(ValueError):
+class MultipleFacesError(GftError, ValueError):
     """Several faces in too many frames of a clip; the message names the source."""
 
 
-class DetectorUnavailableError(RuntimeError):
+class DetectorUnavailableError(GftError, RuntimeError):
     """A detector's package or model weights are missing; the message says what to get and where to put it."""
 
 

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from ..config import config_to_dict, resolve_device, validate
 from ..headmodel import HeadModel, load_head_model
 from ..atomic import write_json
-from ..io.media import extract_audio, iter_frames, probe_video, write_video
+from ..io.media import VideoInfo, extract_audio, iter_frames, probe_video, write_video
+from ..io.lock import stage_lock
 from ..io.meta import StageMeta, package_versions
 from ..io.subject import SubjectWriter
 from .crop import find_crop
@@ -108,17 +109,22 @@ def _write_overlay(cfg: TrackConfig, writer: SubjectWriter, model: HeadModel, fi
 
 
 def track(cfg: TrackConfig) -> Path:
-    """Run the tracking stage; returns the SUBJECT folder."""
+    """Run the tracking stage (one writer per SUBJECT: :func:`~gaussian_flametalk.io.lock.stage_lock`); returns the
+    SUBJECT folder."""
     out = Path(cfg.out)
     if (out / "meta.json").is_file() and not cfg.force:
         _log(f"{out} is already tracked (use --force to redo it)")
         return out
-    timings: dict[str, float] = {}
     t_all = time.perf_counter()
-
     # Fail early on bad input, before writing anything.
     info = probe_video(cfg.video)
     model = load_head_model(cfg.head_model, n_shape=cfg.n_shape).to(torch.device(cfg.device))
+    with stage_lock(out, "track"):
+        return _track(cfg, out, info, model, t_all)
+
+
+def _track(cfg: TrackConfig, out: Path, info: VideoInfo, model: HeadModel, t_all: float) -> Path:
+    timings: dict[str, float] = {}
     work = out.with_name(out.name + ".partial")
     settings = {"video": str(Path(cfg.video).resolve()), "fps": cfg.fps, "resolution": cfg.resolution, "detector": cfg.detector}
     settings_path = work / "detection.json"
