@@ -357,6 +357,9 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
         prior = read_prior(cfg.init, spec, cfg, head)
         model.load_state_dict(prior["model"])
         encoder.load_state_dict(prior["encoder"])
+        # the prior predicts motion in normalised units (speech -> mouth, shared); the mean and spread are the
+        # person's: this subject's training statistics from the start, as for a model trained on it alone
+        model.set_motion_stats(torch.cat([d.motion[d.train_idx] for d in datas]).to(device))
     run = restore(state, objects, gen) if state is not None else RunState()
     resumed_from, start = run.resumed_from, run.iteration
 

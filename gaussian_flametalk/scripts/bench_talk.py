@@ -44,7 +44,7 @@ from ..io.audio import SAMPLE_RATE
 from ..headmodel.motion import motion_vertices, upper_face_ids
 from ..metrics.motion import face_dynamics_deviation, fourier_frequency_error, lip_vertex_error
 from ..atomic import write_json
-from ..flametalk.projection import PROJECT_MODES, MotionProjector
+from ..flametalk.projection import MotionProjector
 from ..flametalk.train import TalkConfig, TalkData, evaluate_talk, fit_talk, loss_vertex_ids, open_subjects
 from ..headmodel.motion import mouth_opening
 from ..headmodel import HeadModel
@@ -69,6 +69,8 @@ class BenchTalkConfig(TalkConfig):
                 "(--prior-iterations) and adapted to it (--init, --iterations), beside the subject-only and "
                 "shuffled-audio models; every prediction scored raw and with each --project mode"})
     prior_iterations: int = field(default=600, metadata={"help": "--loso: iterations of each prior"})
+    pca_variances: tuple[float, ...] = field(default=(0.8, 0.9, 0.95, 0.99), metadata={
+        "help": "--loso: the kept variances the pca projection is scored with (rows 'pca V')"})
     json: Path | None = field(default=None, metadata={"help": "also write the result as JSON here"})
 
 
@@ -172,7 +174,9 @@ def run_loso(cfg: BenchTalkConfig) -> dict:
         prior_cfg = dataclasses.replace(cfg, iterations=cfg.prior_iterations, init=None)
         prior_model, prior_encoder, _ = fit_talk(others, head, prior_cfg, root / f"prior_without_{d.name}")
         seconds["prior"] = seconds["prior only"] = time.perf_counter() - t0
-        runs = {"prior only": (prior_model.cpu(), prior_encoder.cpu())}  # zero-shot: the prior, not adapted
+        prior_model = prior_model.cpu()
+        prior_model.set_motion_stats(d.motion[d.train_idx])  # zero-shot: the prior on the subject's own statistics
+        runs = {"prior only": (prior_model, prior_encoder.cpu())}
         for key, train_data, init in (("subject-only", d, None), ("shuffled", shuffle_audio(d, cfg.shuffle_seed), None),
                                       ("prior+adapt", d, root / f"prior_without_{d.name}")):
             t0 = time.perf_counter()
@@ -192,9 +196,10 @@ def run_loso(cfg: BenchTalkConfig) -> dict:
         rows["mean"]["none"] = {**talk_metrics(h, d, frames, mean), "opening_corr": 0.0}
         for key, p in raw.items():
             rows[key] = {}
-            for mode in PROJECT_MODES:
-                q = MotionProjector.fit(d.motion[d.train_idx], h, mode, cfg.pca_variance)(p)
-                rows[key][mode] = {**talk_metrics(h, d, frames, q), "opening_corr": _opening_corr(h, d, frames, q)}
+            for mode, v in [("none", 1.0), ("clip", 1.0)] + [("pca", v) for v in cfg.pca_variances]:
+                q = MotionProjector.fit(d.motion[d.train_idx], h, mode, v)(p)
+                label = mode if mode != "pca" else f"pca {v:g}"
+                rows[key][label] = {**talk_metrics(h, d, frames, q), "opening_corr": _opening_corr(h, d, frames, q)}
         result["subjects"][d.name] = {"rows": rows, "seconds": seconds, "frames": n}
         head = head.to(cfg.device)
     return result
