@@ -37,7 +37,7 @@ class Schedule:
     iterations: int
     densify_steps: tuple[int, ...]  # densify and prune after these iterations
     reset_steps: tuple[int, ...]  # reset opacities after these iterations
-    densify_until: int  # screen-space gradients are accumulated while the iteration index is below this
+    densify_until: int  # gradients are accumulated while the iteration index is below this (the last densify step)
     sh_steps: tuple[int, ...]  # the SH degree is len([s for s in sh_steps if s <= it]) at iteration index it
 
     def densify_at(self, done: int) -> bool:
@@ -96,4 +96,4 @@ def resolve_schedule(
                              f"{MIN_RECOVERY:.0%} of the run to recover: lower --opacity-resets or --densify-end")
     ramp = sh_ramp * iterations
     sh_steps = tuple(max(round(ramp * d / sh_degree), 1) for d in range(1, sh_degree + 1))
-    return Schedule(iterations, densify, resets, hi if densify else 0, sh_steps)
+    return Schedule(iterations, densify, resets, densify[-1] if densify else 0, sh_steps)
