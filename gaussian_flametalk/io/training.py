@@ -72,7 +72,8 @@ class Checkpoint:
         try:
             state = torch.load(self.path, map_location=map_location, weights_only=False)
         except Exception as e:  # noqa: BLE001 - any unpickling failure means the same to the user
-            raise ValueError(f"{self.path}: unreadable checkpoint ({type(e).__name__}: {e}); delete it to start over") from None
+            raise ValueError(f"{self.path}: unreadable checkpoint ({type(e).__name__}: {e}); delete it to start "
+                             "over") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{self.path}: not a checkpoint of this version (format "
                              f"{state.get('format') if isinstance(state, dict) else None!r}, expected "
