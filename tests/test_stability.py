@@ -164,3 +164,19 @@ def test_redetected_jitter_real_clip(shared_dir, detector):
     scores = _check_jitter_and_smoothing(real, [_shift(real, a, seed=2) for a in (0.5, 1.0, 2.0)],
                                          _temporal_smooth(real), detector)
     assert scores[-1] > 5.0
+
+
+@pytest.mark.parametrize("n", [100, 101])
+def test_high_frequency_share_is_a_true_power_share(n):
+    """A 1 Hz sine plus a frame alternation of the same amplitude: the alternation holds 1 / (1 + 1/2) = 2/3 of the
+    power (the one-sided |rfft|^2 sum without doubling the interior bins gave 0.80)."""
+    t = np.arange(n) / 25.0
+    sine = np.sin(2 * np.pi * 1.0 * t)
+    alternation = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    x = (sine + alternation)[:, None]
+    share = high_frequency_share(x, 25.0)
+    expected = np.var(alternation - np.polyval(np.polyfit(t, alternation, 1), t)) / np.var(
+        x[:, 0] - np.polyval(np.polyfit(t, x[:, 0], 1), t))
+    assert share == pytest.approx(expected, abs=0.01)
+    if n == 100:
+        assert share == pytest.approx(2 / 3, abs=0.01)

@@ -70,9 +70,14 @@ def detrend(x: np.ndarray) -> np.ndarray:
 
 
 def power_spectrum(trajectories: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Power of detrended trajectories (T, ...) per frequency: (freqs (F,) in Hz, power (F, N)), N = prod(...)."""
+    """One-sided power of detrended trajectories (T, ...) per frequency: (freqs (F,) in Hz, power (F, N)),
+    N = prod(...). The interior bins count twice (their negative-frequency twins), DC and the Nyquist bin (even T)
+    once, so the bins sum to the signal's total power (Parseval) and a share of them is a true power share: a sine
+    plus a frame-to-frame alternation of the same amplitude has 2/3 of its power in the alternation."""
     x = detrend(np.asarray(trajectories, np.float64)).reshape(len(trajectories), -1)
-    return np.fft.rfftfreq(len(x), d=1.0 / fps), np.abs(np.fft.rfft(x, axis=0)) ** 2
+    power = np.abs(np.fft.rfft(x, axis=0)) ** 2
+    power[1: len(x) // 2 + (len(x) % 2)] *= 2.0  # interior bins: k = 1 .. ceil(T/2) - 1
+    return np.fft.rfftfreq(len(x), d=1.0 / fps), power
 
 
 def high_frequency_share(trajectories: np.ndarray, fps: float, cutoff_hz: float = 5.0) -> float:
