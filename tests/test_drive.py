@@ -108,3 +108,73 @@ def test_silent_speech_and_bad_input_are_handled(trained_subject, tmp_path):
         drive(DriveConfig(subject=empty, speech=silent, out=tmp_path / "y.mp4", progress=False))
     assert not (tmp_path / "bad.mp4").exists() and not (tmp_path / "y.mp4").exists()
     assert torch.isfinite(torch.from_numpy(np.load(tmp_path / "silent.npz")["jaw"])).all()
+
+
+def _cropped_copy(trained_subject: Path, root: Path, crop=(30, 44, 96), size=(160, 200)) -> tuple[Path, np.ndarray]:
+    """A copy of the trained SUBJECT whose meta.json says it was cropped from a larger video (written here: the
+    SUBJECT frames pasted into a striped frame at the crop box), as gft track records it."""
+    import shutil
+
+    import cv2
+
+    from gaussian_flametalk.io.media import write_video
+    from gaussian_flametalk.io.subject import Subject
+
+    shutil.copytree(trained_subject, root)
+    x, y, s = crop
+    w, h = size
+    sub = Subject.open(root)
+    yy, xx = np.mgrid[0:h, 0:w]
+    stripes = np.stack([(xx * 5) % 256, (yy * 3) % 256, np.full_like(xx, 90)], -1).astype(np.uint8)
+    frames = []
+    for i in range(sub.n_frames):
+        f = stripes.copy()
+        f[y:y + s, x:x + s] = cv2.resize(sub.frame(i), (s, s), interpolation=cv2.INTER_AREA)
+        frames.append(f)
+    video = root / "source.mp4"
+    write_video(video, frames, 25.0)
+    meta = json.loads((root / "meta.json").read_text())
+    meta["inputs"] = {"video": {"path": str(video), "width": w, "height": h, "fps": 25.0},
+                      "crop": {"x": x, "y": y, "size": s}}
+    (root / "meta.json").write_text(json.dumps(meta))
+    return root, np.stack(frames)
+
+
+def test_full_frame_output_has_the_source_video_size_count_and_rate(trained_subject, tmp_path):
+    root, _ = _cropped_copy(trained_subject, tmp_path / "S")
+    source = np.stack(list(iter_frames(root / "source.mp4", fps=None)))  # as decoded (one codec pass less)
+    speech = tmp_path / "speech.wav"
+    samples, _ = speech_like(0.5, seed=5)
+    save_wav(speech, samples)
+    out = tmp_path / "full.mp4"
+    meta = drive(DriveConfig(subject=root, speech=speech, out=out, progress=False))  # full frame by default
+    assert meta["full_frame"] and meta["frame_size"] == [160, 200]
+    info = probe_video(out)
+    frames = list(iter_frames(out, fps=None))
+    assert (info.width, info.height) == (160, 200) and abs(info.fps - 25.0) < 1e-6
+    assert len(frames) == meta["frames"] == math.ceil(0.5 * 25.0 - 1e-9)
+    assert info.has_audio
+    with np.load(out.with_suffix(".npz")) as z:
+        src = z["frames"]
+    # outside the crop box the original frame is kept (up to the codec), inside the avatar was pasted
+    outside = np.ones((200, 160), bool)
+    outside[44 - 8:44 + 96 + 8, 30 - 8:30 + 96 + 8] = False
+    err = np.mean([np.abs(f.astype(float) - source[i].astype(float))[outside].mean() for f, i in zip(frames, src)])
+    assert err < 4.0, err
+    inside = np.mean([np.abs(f[44:140, 30:126].astype(float) - source[i][44:140, 30:126]).mean()
+                      for f, i in zip(frames, src)])
+    assert inside > err  # the avatar (not the source's own head) is in the crop box
+    # --no-full-frame: the rendered crop at the avatar's training resolution
+    small = drive(DriveConfig(subject=root, speech=speech, out=tmp_path / "crop.mp4", progress=False,
+                              full_frame=False))
+    assert not small["full_frame"] and probe_video(tmp_path / "crop.mp4").width == 96
+    # self-reenactment: the reference is the original frames too
+    out2 = tmp_path / "self.mp4"
+    drive(DriveConfig(subject=root, self_reenact=True, out=out2, progress=False))
+    ref = out2.with_name("self.reference.mp4")
+    r_info, o_info = probe_video(ref), probe_video(out2)
+    assert (r_info.width, r_info.height) == (o_info.width, o_info.height) == (160, 200)
+    _, test = train_test_split(N_FRAMES, 25.0)
+    real = list(iter_frames(ref, fps=None))
+    assert len(real) == len(test)
+    assert np.abs(real[0].astype(float) - source[test[0]].astype(float)).mean() < 4.0

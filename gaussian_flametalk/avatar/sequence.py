@@ -98,6 +98,13 @@ class AvatarRenderer:
     def frame_from_vertices(self, verts: torch.Tensor, source: int) -> np.ndarray:
         """One composited frame of the avatar on the posed mesh ``verts`` (1, V, 3) over source frame ``source``:
         (size, size, 3) uint8."""
+        return self.frame_and_weight(verts, source)[0]
+
+    @torch.no_grad()
+    def frame_and_weight(self, verts: torch.Tensor, source: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`frame_from_vertices` and (size, size) float32 in [0, 1]: how much of each pixel is not the source
+        frame (the head's clamped alpha, or the head region replaced by the background plate) — where a full-frame
+        paste needs the render."""
         import cv2
 
         from .train import render_vertices
@@ -110,8 +117,10 @@ class AvatarRenderer:
         frame = cv2.resize(self.subject.frame(source), size, interpolation=cv2.INTER_AREA)
         mask = cv2.resize(self.subject.mask(source), size, interpolation=cv2.INTER_AREA)
         region = head_region(mask, cut, self.dilate)
-        return composite(image[0].cpu().numpy(), alpha[0].cpu().numpy(), frame, region, self.static,
-                         torso_keep(cut, *size))
+        keep = torso_keep(cut, *size)
+        a = alpha[0, ..., 0].cpu().numpy()
+        out = composite(image[0].cpu().numpy(), a, frame, region, self.static, keep)
+        return out, np.maximum(a * keep, region).astype(np.float32)
 
 
 def load_params(path: str | Path, device: torch.device | str = "cpu") -> HeadParams:

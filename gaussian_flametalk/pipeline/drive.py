@@ -13,6 +13,15 @@ model, mesh, render and encode, and the real-time factor).
 Self-reenactment (``--self-reenact``, no SPEECH): the subject's own test-split audio drives the avatar with the
 test frames' own head poses and backgrounds, and ``out.reference.mp4`` holds the real test frames with the same
 sound, so ``gft eval out.mp4 --reference out.reference.mp4`` compares with the real footage frame by frame.
+
+Size. Frames are rendered at the avatar's training resolution (``--resolution`` overrides). With ``--full-frame``
+(the default when the SUBJECT was cut from a larger video: its meta.json names the source video and the crop box)
+each rendered crop is pasted back into the original video frame (:class:`FullFrames`; the video is read at the
+SUBJECT's frame rate, which is the source's own unless ``gft track --fps`` changed it, so frame ``i`` is the
+SUBJECT's frame ``i``): resized to the crop box, and blended in only where the avatar changed the picture (its
+alpha and the replaced head region, dilated and feathered) and never across a feathered band along the crop's
+border, so the rest of the frame keeps its original pixels. The video then has the source's resolution; the
+reference of ``--self-reenact`` is the original frames too.
 """
 
 from __future__ import annotations
@@ -34,9 +43,9 @@ from ..flametalk.inference import load_talk
 from ..headmodel import HeadModel, HeadParams
 from ..atomic import save_npz, write_json
 from ..io.subject import Subject
-from ..io.media import write_video
+from ..io.media import CropBox, iter_frames, write_video
 
-__all__ = ["DriveConfig", "blink_components", "drive", "drive_params", "main"]
+__all__ = ["DriveConfig", "FullFrames", "blink_components", "drive", "drive_params", "main", "source_video"]
 
 
 @dataclass
@@ -55,8 +64,11 @@ class DriveConfig:
         "help": "speaking style from this SUBJECT folder or motion npz (a FlameTalk trained with --ptalker)"})
     avatar: Path | None = field(default=None, metadata={"help": "avatar folder (default SUBJECT/avatar)"})
     mode: str = field(default="autoregressive", metadata={"help": "FlameTalk inference: autoregressive or parallel"})
-    resolution: int | None = field(default=None, metadata={"help": "output size (default: the avatar's training "
+    resolution: int | None = field(default=None, metadata={"help": "render size (default: the avatar's training "
                                                                     "resolution)"})
+    full_frame: bool | None = field(default=None, metadata={
+        "help": "paste the rendered crop back into the original video frames at their resolution (default: on when "
+                "the SUBJECT was cropped from a larger video)"})
     device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
@@ -92,6 +104,99 @@ def drive_params(sequence: HeadParams, motion: dict[str, torch.Tensor], source: 
     if "jaw" in model.pose_parts:
         out.jaw = motion["jaw"].to(out.jaw)
     return out
+
+
+def source_video(subject: Subject) -> tuple[Path, dict, CropBox] | None:
+    """(path, video info dict, crop box) of the video the SUBJECT was cut from; None when unknown or gone.
+
+    Reads ``inputs.video`` / ``inputs.crop`` of the SUBJECT's meta.json (also top-level ``video`` / ``crop``, where
+    SUBJECTs written before the io redesign keep them)."""
+    video = subject.video or subject.meta.get("video")
+    crop = subject.crop
+    if crop is None and isinstance(subject.meta.get("crop"), dict):
+        crop = CropBox(**{k: int(subject.meta["crop"][k]) for k in ("x", "y", "size")})
+    if not video or crop is None or not video.get("path"):
+        return None
+    path = Path(video["path"])
+    if not path.is_absolute():
+        path = (subject.root / path).resolve()
+    return path, video, crop
+
+
+def _cropped(video: dict, crop: CropBox) -> bool:
+    """Whether the crop box is less than the whole frame."""
+    return not (crop.x <= 0 and crop.y <= 0 and crop.x + crop.size >= int(video.get("width", 0))
+                and crop.y + crop.size >= int(video.get("height", 0)))
+
+
+class FullFrames:
+    """The original video frames, decoded once on demand (kept JPEG-encoded in memory), and the paste of a rendered
+    crop into them.
+
+    Args:
+        path: the source video; fps: the rate it is read at (the SUBJECT's); crop: the SUBJECT's crop box in source
+        pixels; feather: width of the soft edges (source pixels; default 3 % of the crop size).
+    """
+
+    def __init__(self, path: Path, fps: float, crop: CropBox, feather: int | None = None) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the SUBJECT's source video is gone (needed for --full-frame; "
+                                    "pass --no-full-frame for the cropped video)")
+        self.path, self.fps, self.crop = path, fps, crop
+        self.feather = max(2, round(0.03 * crop.size)) if feather is None else feather
+        self._frames: list[bytes] = []
+        self._reader = None
+        self._edge = self._edge_weight()
+        self.shape: tuple[int, int] | None = None
+
+    def _edge_weight(self) -> np.ndarray:
+        """(size, size) float32: 1 inside, falling to 0 over ``feather`` pixels along the crop's border."""
+        n = self.crop.size
+        d = np.minimum(np.arange(n) + 0.5, n - 0.5 - np.arange(n)).astype(np.float32)
+        ramp = np.clip(d / self.feather, 0.0, 1.0)
+        return np.minimum(ramp[:, None], ramp[None, :])
+
+    def frame(self, i: int) -> np.ndarray:
+        """Original frame ``i`` (H, W, 3) uint8 RGB."""
+        import cv2
+
+        if self._reader is None and not self._frames:
+            self._reader = iter_frames(self.path, fps=self.fps)
+        while len(self._frames) <= i:
+            if self._reader is None:
+                raise IndexError(f"{self.path}: frame {i} asked for, the video has {len(self._frames)} at "
+                                 f"{self.fps:g} fps")
+            try:
+                rgb = next(self._reader)
+            except StopIteration:
+                self._reader = None
+                continue
+            self.shape = rgb.shape[:2]
+            ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 97])
+            self._frames.append(buf.tobytes())
+        return cv2.imdecode(np.frombuffer(self._frames[i], np.uint8), cv2.IMREAD_COLOR)[..., ::-1].copy()
+
+    def paste(self, rendered: np.ndarray, weight: np.ndarray, i: int) -> np.ndarray:
+        """Original frame ``i`` with the rendered crop (s, s, 3) blended in by ``weight`` (s, s) (where the render
+        differs from the source crop), dilated and feathered, and faded out along the crop border."""
+        import cv2
+
+        full = self.frame(i)
+        c, f = self.crop, self.feather
+        big = cv2.resize(rendered, (c.size, c.size), interpolation=cv2.INTER_CUBIC)
+        w = cv2.resize(weight.astype(np.float32), (c.size, c.size), interpolation=cv2.INTER_LINEAR)
+        w = cv2.dilate(w, np.ones((f, f), np.uint8))
+        w = cv2.GaussianBlur(w, (0, 0), f / 2)
+        w = np.clip(w, 0.0, 1.0) * self._edge
+        h, wd = full.shape[:2]
+        x0, y0, x1, y1 = max(c.x, 0), max(c.y, 0), min(c.x + c.size, wd), min(c.y + c.size, h)
+        if x1 <= x0 or y1 <= y0:
+            return full
+        sub = (slice(y0 - c.y, y1 - c.y), slice(x0 - c.x, x1 - c.x))
+        a = w[sub][..., None]
+        region = full[y0:y1, x0:x1].astype(np.float32)
+        full[y0:y1, x0:x1] = (region * (1 - a) + big[sub].astype(np.float32) * a).round().clip(0, 255).astype(np.uint8)
+        return full
 
 
 def _speech(cfg: DriveConfig, subject: Subject) -> tuple[np.ndarray, np.ndarray | None]:
@@ -171,10 +276,19 @@ def drive(cfg: DriveConfig) -> dict:
     save_wav(wav_tmp, padded)
     render_seconds = [0.0]
 
+    found = source_video(subject)
+    full_frame = cfg.full_frame if cfg.full_frame is not None else bool(found and _cropped(found[1], found[2]))
+    if full_frame and found is None:
+        raise ValueError(f"{subject.root / 'meta.json'}: names no source video and crop box, so --full-frame has "
+                         "nothing to paste into (pass --no-full-frame)")
+    full = FullFrames(found[0], fps, found[2]) if full_frame else None
+
     def frames():
         for t in tqdm(range(n_frames), desc="drive", unit="frame", disable=not cfg.progress, dynamic_ncols=True):
             t1 = time.perf_counter()
-            img = renderer.frame_from_vertices(verts[t:t + 1], int(source[t]))
+            img, weight = renderer.frame_and_weight(verts[t:t + 1], int(source[t]))
+            if full is not None:
+                img = full.paste(img, weight, int(source[t]))
             render_seconds[0] += time.perf_counter() - t1
             yield img
 
@@ -189,8 +303,9 @@ def drive(cfg: DriveConfig) -> dict:
 
             size = (renderer.size, renderer.size)
             reference = stem.with_name(f"{stem.name}.reference.mp4")
-            write_video(reference, (cv2.resize(subject.frame(int(i)), size, interpolation=cv2.INTER_AREA)
-                                    for i in source), fps, wav_tmp)
+            real = ((full.frame(int(i)) for i in source) if full is not None else
+                    (cv2.resize(subject.frame(int(i)), size, interpolation=cv2.INTER_AREA) for i in source))
+            write_video(reference, real, fps, wav_tmp)
     finally:
         wav_tmp.unlink(missing_ok=True)
 
@@ -209,6 +324,8 @@ def drive(cfg: DriveConfig) -> dict:
         "frames": int(written),
         "speech_seconds": duration,
         "resolution": renderer.size,
+        "full_frame": full_frame,
+        "frame_size": list(full.shape[::-1]) if full is not None and full.shape else [renderer.size, renderer.size],
         "device": str(renderer.device),
         "seconds": {**timings, "total": time.perf_counter() - t_start},
         "real_time_factor": duration / max(model_seconds, 1e-9),
@@ -220,7 +337,9 @@ def drive(cfg: DriveConfig) -> dict:
 def main(cfg: DriveConfig) -> int:
     meta = drive(cfg)
     s = meta["seconds"]
-    print(f"wrote {meta['outputs']['video']} ({meta['frames']} frames, {meta['speech_seconds']:.2f} s of speech)")
+    w, h = meta["frame_size"]
+    print(f"wrote {meta['outputs']['video']} ({meta['frames']} frames of {w}x{h}, {meta['speech_seconds']:.2f} s of "
+          "speech)")
     if meta["outputs"]["reference"]:
         print(f"real test frames with the same sound: {meta['outputs']['reference']}")
     print(f"audio model {s['audio_model']:.2f} s, mesh {s['mesh']:.2f} s, render {s['render']:.2f} s, "
