@@ -219,6 +219,7 @@ def test_syncnet_scores_runs_end_to_end():
     assert res["windows"] == 12 - 5 and len(res["dists"]) == 7
     assert res["lse_d"] == res["min_dist"] > 0 and res["lse_c"] == res["confidence"] >= 0
     assert -3 <= res["offset"] <= 3
+    assert "100-frame minimum" in res["warning"]  # a 12-frame clip: the public pipeline would not score it
     assert mfcc_features(wave).shape == (13, 47)  # 25 ms windows every 10 ms over 0.48 s: 1 + ceil((7680 - 400) / 160)
     with pytest.raises(SyncNetError, match="25 fps"):
         syncnet_scores(frames, pts, wave, 30.0, net)
@@ -272,3 +273,17 @@ def test_real_clip_own_sound_beats_other_speakers_and_noise(anchor, shared_dir):
     noise = _sync(points, np.random.default_rng(0).normal(0, 0.05, wave.size).astype(np.float32))
     assert noise["peak_minus_median"] < own - 0.1
     assert _sync(points, np.zeros_like(wave))["peak_minus_median"] == 0.0
+
+
+def test_syncnet_face_track_is_median_filtered_even_when_short():
+    from scipy.signal import medfilt
+
+    from gaussian_flametalk.eval.syncnet import _box_track
+
+    pts = _face(9).astype(np.float64)
+    pts[4] += 30.0  # one jumpy frame in a 9-frame clip
+    cx, cy, half, missing = _box_track(pts, 0.2)
+    lo, hi = pts.min(1), pts.max(1)
+    raw_cx = 0.5 * (lo[:, 0] + hi[:, 0])
+    assert missing == 0 and np.allclose(cx, medfilt(raw_cx, 13))
+    assert abs(cx[4] - raw_cx[4]) > 10  # the jump is filtered out

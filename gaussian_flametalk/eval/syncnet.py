@@ -54,6 +54,9 @@ __all__ = ["SyncNet", "SyncNetError", "face_crops", "load_syncnet", "mfcc_featur
 SYNCNET_URL = "http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model"
 FPS = 25.0
 SAMPLE_RATE = 16000
+#: the public pipeline's median filter over the face track (frames) and its shortest scored track (frames)
+MEDIAN_FRAMES = 13
+MIN_TRACK_FRAMES = 100
 #: MFCC frames (100 Hz) per video frame (25 fps), and per 5-frame window
 MFCC_PER_FRAME = 4
 MFCC_WINDOW = 20
@@ -199,7 +202,8 @@ def mfcc_features(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarra
 
 def _box_track(points68: np.ndarray, forehead: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Per-frame face box centre x, y and half size (T,) each, from iBUG-68 points (T, 68, 2), median-filtered
-    over 13 frames as the public pipeline does; frames without a face interpolated. Also the count of those."""
+    over 13 frames as the public pipeline does (scipy's medfilt, zero-padded at the ends, whatever the clip length);
+    frames without a face interpolated. Also the count of those."""
     from scipy.signal import medfilt
 
     pts = np.asarray(points68, np.float64)
@@ -214,7 +218,9 @@ def _box_track(points68: np.ndarray, forehead: float) -> tuple[np.ndarray, np.nd
     cx, cy = 0.5 * (lo[:, 0] + hi[:, 0]), 0.5 * (lo[:, 1] + hi[:, 1])
     t = np.arange(len(pts))
     series = [np.interp(t, t[found], s[found]) for s in (cx, cy, half)]
-    cx, cy, half = (medfilt(s, kernel_size=13) if len(s) >= 13 else s for s in series)
+    # always, short clips too; scipy zero-pads the ends, which in a clip of under 7 frames leaves zeros at its ends:
+    # there the unfiltered value stands
+    cx, cy, half = (np.where(f > 0, f, r) for f, r in ((medfilt(r, kernel_size=MEDIAN_FRAMES), r) for r in series))
     return cx, cy, half, int((~found).sum())
 
 
@@ -274,13 +280,16 @@ def syncnet_scores(frames: np.ndarray | Iterable[np.ndarray], points68: np.ndarr
     if sample_rate != SAMPLE_RATE:
         raise SyncNetError(f"SyncNet needs 16 kHz audio, got {sample_rate} Hz: load it with load_audio(path)")
     wave = np.asarray(wave, np.float32).reshape(-1)
-    crops, missing = face_crops(frames, points68, progress=progress)
     hop = int(SAMPLE_RATE / FPS)
-    length = min(len(crops), wave.size // hop)
-    n = length - VIDEO_WINDOW  # the public evaluation's window count
+    n = min(len(points68), wave.size // hop) - VIDEO_WINDOW  # the public evaluation's window count
     if n < 1:
-        raise SyncNetError(f"clip too short for SyncNet: {len(crops)} frames and {wave.size / SAMPLE_RATE:.2f} s "
+        raise SyncNetError(f"clip too short for SyncNet: {len(points68)} frames and {wave.size / SAMPLE_RATE:.2f} s "
                            f"of sound give {max(n, 0)} five-frame windows")
+    crops, missing = face_crops(frames, points68, progress=progress)
+    length = min(len(crops), wave.size // hop)
+    n = length - VIDEO_WINDOW
+    if n < 1:
+        raise SyncNetError(f"clip too short for SyncNet: only {len(crops)} frames were read")
     mfcc = torch.from_numpy(mfcc_features(wave, sample_rate)).float()  # (13, M)
     video = torch.from_numpy(np.ascontiguousarray(crops[:length, :, :, ::-1]))  # RGB -> BGR, (T, H, W, 3) uint8
     model = model.to(device).eval()
@@ -295,5 +304,8 @@ def syncnet_scores(frames: np.ndarray | Iterable[np.ndarray], points68: np.ndarr
             a_emb.append(model.forward_audio(cc[:, None].to(device)).cpu())
     out = sync_offset_scores(torch.cat(v_emb), torch.cat(a_emb), max_offset)
     out.update(lse_d=out["min_dist"], lse_c=out["confidence"], windows=n, frames_without_face=missing)
+    if length < MIN_TRACK_FRAMES:
+        out["warning"] = (f"{length} frames: shorter than the public pipeline's {MIN_TRACK_FRAMES}-frame minimum face "
+                          "track, which would not score this clip; compare with care")
     return out
 
