@@ -53,3 +53,23 @@ def test_training_weight_matches_composite_keep():
     np.testing.assert_allclose(weight[person], keep[person])  # the loss counts the head where the composite shows it
     assert np.all(weight[~person] == 1.0)  # background stays black (and transparent) everywhere
     assert np.all(target[~person] == 0.0)
+
+
+def test_torso_cut_stops_below_the_chin():
+    """A neck mesh reaching below the frame (ICT's goes to the collarbones) no longer puts the shirt in the head."""
+    import torch
+
+    from gaussian_flametalk.avatar.composite import NECK_SPAN, chin_rows, torso_cut_rows
+    from gaussian_flametalk.geometry.camera import Camera
+    from gaussian_flametalk.headmodel import HeadParams, make_synthetic_head
+
+    model = make_synthetic_head()
+    cam = Camera.look_at((0, -0.03, 0.75), (0, -0.03, 0), focal=64 * 0.75 / 0.36, width=64, height=64)
+    v = model.forward_params(HeadParams.zeros(model, 1))
+    lowest = torso_cut_rows(v, cam)
+    lmk = model.landmarks(v)
+    chin, height = chin_rows(lmk, cam)
+    cut = torso_cut_rows(v, cam, lmk)
+    assert float(lowest[0]) > float(chin[0] + NECK_SPAN * height[0])  # the synthetic neck also reaches further down
+    assert torch.allclose(cut, chin + NECK_SPAN * height)
+    assert float(chin[0]) < float(cut[0]) < float(lowest[0])

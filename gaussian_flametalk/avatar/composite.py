@@ -8,8 +8,8 @@ dilated) is replaced by a static background plate estimated over the clip:
     plate  = source * (1 - region * keep) + static * region * keep
     output = keep * head + (1 - keep * alpha) * plate
 
-Torso cut: the image row of the lowest projected vertex of the rendered mesh; person-mask pixels below it are torso
-(not the avatar's job). The head's colour and alpha are trusted only where the loss trained them, so the same ``keep``
+Torso cut: the image row of the lowest projected vertex of the rendered mesh, but no lower than ``NECK_SPAN`` face
+heights below the chin (:func:`torso_cut_rows`); person-mask pixels below it are torso (not the avatar's job). The head's colour and alpha are trusted only where the loss trained them, so the same ``keep``
 ramp (``TORSO_RAMP`` of the image height, ending at the cut) weighs the person pixels in the training loss
 (:func:`training_target`) and the head in the composite: below the cut the output is the source frame (collar,
 neckline and torso untouched, no smear of untrained head alpha), inside the ramp the rendered neck fades into the
@@ -26,9 +26,14 @@ import torch
 
 from ..geometry.camera import Camera
 
-__all__ = ["TORSO_RAMP", "composite", "head_region", "static_background", "torso_cut_rows", "torso_keep",
+__all__ = ["CHIN_MARGIN", "NECK_SPAN", "TORSO_RAMP", "chin_rows", "composite", "head_region", "static_background", "torso_cut_rows", "torso_keep",
            "training_target"]
 
+#: The torso cut lies at most this many face heights (brows to chin) below the chin (:func:`torso_cut_rows`).
+NECK_SPAN = 0.2
+#: In a driven frame the cut stays at least this many face heights below the driven chin (an opened jaw is never
+#: faded into the source frame's chin).
+CHIN_MARGIN = 0.1
 #: Height of the fade from the rendered neck to the source torso above the torso cut, as a fraction of the image.
 TORSO_RAMP = 0.04
 
@@ -66,9 +71,25 @@ def static_background(
     return out
 
 
-def torso_cut_rows(vertices: torch.Tensor, camera: Camera) -> torch.Tensor:
-    """(B, V, 3) rendered mesh vertices -> (B,) image row (pixels, float) of the lowest projected vertex."""
-    return camera.to(vertices.device, vertices.dtype).project(vertices)[..., 1].amax(dim=-1)
+def chin_rows(landmarks: torch.Tensor, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 68, 3) landmarks -> (B,) image rows of the chin (landmark 8) and (B,) face heights (brows to chin), px."""
+    lmk = camera.to(landmarks.device, landmarks.dtype).project(landmarks)[..., 1]
+    chin = lmk[:, 8]
+    return chin, (chin - lmk[:, 17:27].mean(dim=1)).abs()
+
+
+def torso_cut_rows(vertices: torch.Tensor, camera: Camera, landmarks: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, V, 3) rendered mesh vertices -> (B,) image row (pixels, float) of the torso cut: the lowest projected
+    vertex, but with the (B, 68, 3) ``landmarks`` no lower than ``NECK_SPAN`` face heights (brows to chin) below the
+    chin. A head model's neck (ICT-FaceKit's reaches the collarbones) often ends below the frame or on the shirt; the
+    person pixels under the visible neck are collar, shoulders and torso, which the head Gaussians cannot follow
+    (they would render a blurred shirt, and the background plate would show beside it)."""
+    cam = camera.to(vertices.device, vertices.dtype)
+    cut = cam.project(vertices)[..., 1].amax(dim=-1)
+    if landmarks is not None:
+        chin, height = chin_rows(landmarks.to(vertices), cam)
+        cut = torch.minimum(cut, chin + NECK_SPAN * height)
+    return cut
 
 
 def _below(cut: np.ndarray | float, height: int, width: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from ..headmodel import HeadModel, HeadParams
 from ..io.meta import read_meta
 from ..io.subject import Subject
 from ..io.training import Checkpoint
-from .composite import composite, head_region, torso_cut_rows, torso_keep
+from .composite import CHIN_MARGIN, chin_rows, composite, head_region, torso_cut_rows, torso_keep
 from .gaussians import BoundGaussians
 
 __all__ = ["AvatarRenderer", "RenderAvatarConfig", "load_params", "main", "pingpong", "render_sequence"]
@@ -111,8 +111,10 @@ class AvatarRenderer:
 
         image, alpha, _ = render_vertices(self.gaussians, verts.to(self.device), self.model.faces, self.camera,
                                           self.sh_degree)
-        src_verts = self.model.forward_params(self.tracked[source:source + 1])[:, self.used]
-        cut = float(torso_cut_rows(src_verts, self.camera)[0])
+        src_verts = self.model.forward_params(self.tracked[source:source + 1])
+        cut = float(torso_cut_rows(src_verts[:, self.used], self.camera, self.model.landmarks(src_verts))[0])
+        chin, height = chin_rows(self.model.landmarks(verts.to(self.device)), self.camera)
+        cut = max(cut, float(chin[0] + CHIN_MARGIN * height[0]))  # a jaw opened wider than the source's stays whole
         size = (self.size, self.size)
         frame = cv2.resize(self.subject.frame(source), size, interpolation=cv2.INTER_AREA)
         mask = cv2.resize(self.subject.mask(source), size, interpolation=cv2.INTER_AREA)

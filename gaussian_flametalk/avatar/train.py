@@ -260,7 +260,9 @@ def load_training_data(subject: Subject, model: HeadModel, triangles: torch.Tens
     params = subject.params()
     camera = scaled_camera(subject.camera(), size)
     used = torch.unique(model.faces[triangles])
-    cuts = torso_cut_rows(posed_vertices(model, params)[:, used], camera).numpy()
+    verts = posed_vertices(model, params)
+    cuts = torso_cut_rows(verts[:, used], camera, model.landmarks(verts)).numpy()
+    del verts
     black = np.zeros(3, dtype=np.float32)
     targets, weights, masks = [], [], []
     for i in range(subject.n_frames):
