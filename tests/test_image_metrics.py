@@ -77,6 +77,7 @@ def test_ssim_of_a_constant_shift_by_formula():
 
 def _weights_folder(tmp_path, seed: int = 0, skip: str | None = None, bad_shape: bool = False):
     gen = torch.Generator().manual_seed(seed)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     alex = {k: 0.05 * torch.randn(s, generator=gen) for k, s in {**TORCHVISION_ALEXNET, **CLASSIFIER_STANDINS}.items()}
     lin = {k: torch.rand(s, generator=gen) for k, s in LPIPS_LINEAR.items()}  # non-negative, as trained
     if bad_shape:
@@ -136,3 +137,22 @@ def test_lpips_missing_or_wrong_weights_say_why(tmp_path):
         load_lpips(tmp_path / "c")
     with pytest.raises(WeightsUnavailableError, match="no such folder"):
         load_lpips(tmp_path / "missing")
+
+
+def test_lpips_loads_the_lpips_package_layout(tmp_path):
+    """One saved lpips.LPIPS(net='alex') state dict (backbone as net.sliceK.N.*, heads as linK.model.1.weight, plus
+    its scaling-layer buffers) gives the same metric as torchvision's AlexNet file + alex.pth."""
+    alex, lin = _weights_folder(tmp_path / "two")
+    slice_of = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}
+    packed = {f"net.slice{slice_of[int(k.split('.')[1])]}.{k[len('features.'):]}": v
+              for k, v in alex.items() if k.startswith("features.")}
+    packed.update(lin)
+    packed.update({"scaling_layer.shift": torch.zeros(1, 3, 1, 1), "scaling_layer.scale": torch.ones(1, 3, 1, 1)})
+    (tmp_path / "one").mkdir()
+    torch.save(packed, tmp_path / "one" / "lpips_alex_full.pth")
+    a, b = load_lpips(tmp_path / "two"), load_lpips(tmp_path / "one")
+    x = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
+    y = (x + 0.1).clamp(0, 1)
+    with torch.no_grad():
+        assert float(a(x, y)) > 0
+        torch.testing.assert_close(a(x, y), b(x, y))

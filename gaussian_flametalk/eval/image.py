@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 LPIPS_CHANNELS = (64, 192, 384, 256, 256)
 _TAPS = (1, 4, 7, 9, 11)  # indices of those ReLUs in ``features``
 _SHIFT = (-0.030, -0.088, -0.188)
+_LPIPS_SLICE = re.compile(r"^net\.slice\d\.(\d+\.(?:weight|bias))$")  # lpips' AlexNet slices -> features indices
 _SCALE = (0.458, 0.448, 0.450)
 
 
@@ -145,7 +147,9 @@ def _load_checked(module: nn.Module, state: dict[str, torch.Tensor], path: Path)
 
 def load_lpips(folder: str | os.PathLike, device: torch.device | str = "cpu") -> LPIPS:
     """LPIPS from the weight files in ``folder`` (found by their contents, whatever their names): one with
-    torchvision's AlexNet ``features.*`` tensors and one with the LPIPS v0.1 ``lin0`` .. ``lin4`` layers.
+    torchvision's AlexNet ``features.*`` tensors and one with the LPIPS v0.1 ``lin0`` .. ``lin4`` layers — or one file
+    in the ``lpips`` package's own layout (a saved ``lpips.LPIPS(net="alex")`` state dict: the backbone as
+    ``net.sliceK.N.*``, which keep torchvision's layer indices N, and the ``linK.model.1.weight`` layers).
 
     Raises WeightsUnavailableError naming what is missing and where to get it; ValueError for a file whose tensors
     have the right names but wrong shapes.
@@ -162,7 +166,10 @@ def load_lpips(folder: str | os.PathLike, device: torch.device | str = "cpu") ->
         if backbone_state is None and "features.0.weight" in state:
             backbone_state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
             backbone_path = path
-        elif heads_state is None and any(k.startswith("lin0.") for k in state):
+        elif backbone_state is None and "net.slice1.0.weight" in state:  # a saved lpips.LPIPS(net="alex") model
+            backbone_state = {_LPIPS_SLICE.sub(r"\1", k): v for k, v in state.items() if _LPIPS_SLICE.match(k)}
+            backbone_path = path
+        if heads_state is None and any(k.startswith("lin0.") for k in state):
             heads_state, heads_path = LPIPSHeads.convert_state(state), path
     missing = []
     if backbone_state is None:
