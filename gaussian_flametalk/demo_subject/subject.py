@@ -90,7 +90,8 @@ class DemoSubjectConfig:
     supersample: int | None = field(default=None, metadata={"help": "render this many times larger and downsample (anti-aliasing; default 2 up to 320 px, else 1)"})
     voice: str = field(default="en-us", metadata={"help": "espeak-ng voice"})
     words_per_minute: int = field(default=155, metadata={"help": "espeak-ng speaking rate"})
-    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
+    device: str = field(default="auto", metadata={
+        "help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     force: bool = field(default=False, metadata={"help": "rebuild the folder even when it is complete with the same settings"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 

@@ -87,7 +87,8 @@ class EvalConfig:
         "help": "largest relative difference of duration and of frame rate between a video and the reference that is "
                 "aligned (resampled, trimmed); more is refused"})
     detector: str = field(default="mediapipe", metadata={"help": "landmark detector: mediapipe or face-alignment"})
-    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
+    device: str = field(default="auto", metadata={
+        "help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self) -> None:

@@ -67,7 +67,8 @@ class DemoConfig:
 
     out: Path = field(default=Path("gft-demo"), metadata={"help": "output folder (re-running reuses finished stages)"})
     quick: bool = field(default=False, metadata={"help": "small sizes: about 3 minutes on a 2-core CPU"})
-    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
+    device: str = field(default="auto", metadata={
+        "help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     force: bool = field(default=False, metadata={"help": "redo every stage"})
     seed: int = field(default=0, metadata={"help": "seed of the demo subject and of training"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})

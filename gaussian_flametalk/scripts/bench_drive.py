@@ -28,7 +28,8 @@ class BenchDriveConfig:
     speech: Path = field(metadata={"help": "speech file to drive with"})
     resolutions: tuple[int, ...] = field(default=(256,), metadata={"help": "output sizes to time"})
     mode: str = field(default="autoregressive", metadata={"help": "FlameTalk inference mode"})
-    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
+    device: str = field(default="auto", metadata={
+        "help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     out: Path | None = field(default=None, metadata={"help": "folder for the videos (default: a temporary one)"})
 
     def __post_init__(self) -> None:

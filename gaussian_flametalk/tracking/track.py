@@ -47,7 +47,8 @@ class TrackConfig(FitConfig):
     resolution: int = field(default=512, metadata={"help": "side of the square output frames in pixels"})
     detector: Literal["mediapipe", "face-alignment"] = field(default="mediapipe", metadata={
         "help": "landmark detector (face-alignment downloads its weights on first use)"})
-    device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
+    device: str = field(default="auto", metadata={
+        "help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     overlay: bool = field(default=True, metadata={"help": "write overlay.mp4 (mesh and landmarks over the frames)"})
     force: bool = field(default=False, metadata={"help": "redo a SUBJECT folder that is already complete"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
