@@ -120,7 +120,7 @@ def test_projection_keeps_predictions_in_the_training_distribution():
 def test_defaults_and_the_saved_projection(prior, tmp_path):
     root, folder = prior
     cfg = TalkConfig(subjects=(Path("S"),))
-    assert (cfg.iterations, cfg.seq_frames, cfg.project, cfg.audio_encoder) == DEFAULTS
+    assert (cfg.iterations, cfg.seq_frames, cfg.project, cfg.pca_variance, cfg.infer_mode, cfg.audio_encoder) == DEFAULTS
     assert cfg.init is None
     with pytest.raises(ValueError, match="pca-variance"):
         TalkConfig(subjects=(Path("S"),), pca_variance=0.0)
@@ -138,4 +138,4 @@ def test_defaults_and_the_saved_projection(prior, tmp_path):
 
 
 #: The defaults of ``gft train-talk`` chosen by the leave-one-subject-out ablation (BENCHMARKS.md).
-DEFAULTS = (TalkConfig.__dataclass_fields__["iterations"].default, 50, "pca", "mel")
+DEFAULTS = (80, 50, "pca", 0.95, "parallel", "mel")

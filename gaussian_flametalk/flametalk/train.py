@@ -20,6 +20,13 @@ InfoNCE between the per-frame motion content codes and the projected audio featu
 codes' own task). Two stages: before iteration ``stage_switch`` the parameter groups in ``stage1_frozen`` are frozen;
 from it on everything trains (a resumed run is in the stage its iteration says).
 
+A prior (``--init PRIOR``, issue 15): a run on several SUBJECTs is a reusable prior; ``gft train-talk NEW --init
+PRIOR`` starts from its weights (model and audio encoder; same head model, audio encoder and architecture, else a
+refusal naming the file) with NEW's own motion mean and spread (the prior maps speech to motion in normalised units,
+the statistics are the person's) and adapts for ``iterations`` (default 80: about 2 CPU minutes on a loaded 2-core
+machine). Test-split predictions are kept in the subject's tracked distribution (``--project``, see
+:mod:`.projection`; the setting is saved and is :func:`~.inference.load_talk`'s default).
+
 Outputs in OUT (default: the first SUBJECT's ``talk/``), each written atomically, ``meta.json`` last:
 ``checkpoint.pt`` (every ``checkpoint_every`` iterations and at the end; a re-run resumes, and continues exactly as
 an uninterrupted run would), ``test/<subject>.npz`` (test frames: ``frames``, ``motion_pred``, ``motion_true``,
@@ -71,8 +78,10 @@ class TalkConfig:
     out: Path | None = field(default=None, metadata={"help": "output folder (default: FIRST_SUBJECT/talk)"})
     audio_encoder: str = field(default="mel", metadata={
         "help": "mel | phonetic | mel+phonetic | wav2vec2:ID_OR_DIR | hubert:ID_OR_DIR"})
-    iterations: int = field(default=3000, metadata={"help": "total training iterations (a re-run resumes)"})
-    seq_frames: int = field(default=100, metadata={"help": "frames per training clip"})
+    iterations: int = field(default=80, metadata={
+        "help": "total training iterations (a re-run resumes); the default is the adaptation of a prior (--init) to "
+                "a new subject, measured in BENCHMARKS.md; train a prior on several SUBJECTs longer"})
+    seq_frames: int = field(default=50, metadata={"help": "frames per training clip"})
     batch_size: int = field(default=4, metadata={"help": "clips per iteration"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     dim: int = field(default=64, metadata={"help": "transformer width"})
@@ -88,7 +97,7 @@ class TalkConfig:
     loss_regions: tuple[str, ...] = field(default=("face",), metadata={"help": "head-model regions in the loss"})
     window: int = field(default=100, metadata={"help": "inference window (frames)"})
     overlap: int = field(default=10, metadata={"help": "inference window overlap, cross-faded (frames)"})
-    infer_mode: Literal["autoregressive", "parallel"] = field(default="autoregressive", metadata={
+    infer_mode: Literal["autoregressive", "parallel"] = field(default="parallel", metadata={
         "help": "test-split inference: autoregressive (each prediction fed back) or parallel (one pass, mean history)"})
     project: Literal["none", "clip", "pca"] = field(default="pca", metadata={
         "help": "keep predictions in the subject's tracked distribution: clip to the head model's box (tracked range "
