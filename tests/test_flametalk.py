@@ -176,7 +176,7 @@ def test_streaming_equals_one_shot(mode):
 
 def _config(subject: Path, out: Path, iterations: int, **kw) -> TalkConfig:
     opts = dict(subjects=(subject,), out=out, iterations=iterations, seq_frames=40, batch_size=4, progress=False,
-                checkpoint_every=10_000, window=50, overlap=10)
+                checkpoint_every=10_000, window=50, overlap=10, audio_encoder="mel")
     opts.update(kw)
     return TalkConfig(**opts)
 

@@ -164,7 +164,7 @@ AMPLITUDES = (0.1, 0.2, 0.3, 0.4)
 def _config(subjects: tuple[Path, ...], out: Path, iterations: int, **kw) -> TalkConfig:
     opts = dict(subjects=subjects, out=out, iterations=iterations, seq_frames=32, batch_size=4, progress=False,
                 checkpoint_every=10_000, window=50, overlap=10, dim=32, mel_dim=32, loss_regions=("lips",),
-                ptalker=True, stage_switch=iterations // 2, style_frames=32, gat_points=64, infer_mode="parallel")
+                ptalker=True, stage_switch=iterations // 2, style_frames=32, gat_points=64, infer_mode="parallel", audio_encoder="mel")
     opts.update(kw)
     return TalkConfig(**opts)
 

@@ -128,7 +128,7 @@ def test_model_beats_mean_and_shuffled_audio(tmp_path, one_thread):
     """Issue 6: on a subject whose jaw follows its speech envelope, LVE >= 20 % below both baselines."""
     subject = make_subject(tmp_path / "S", seconds=8.0)
     cfg = BenchTalkConfig(subjects=(subject,), iterations=30, seq_frames=32, batch_size=2, progress=False,
-                          checkpoint_every=10_000, window=50, overlap=10)
+                          checkpoint_every=10_000, window=50, overlap=10, audio_encoder="mel")
     result = run_ablation(cfg)
     s = result["subjects"]["S"]
     print("\n" + format_table(result))

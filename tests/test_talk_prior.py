@@ -22,7 +22,7 @@ from gaussian_flametalk.headmodel import make_synthetic_head  # noqa: E402
 
 def _cfg(subjects, out, iterations, **kw) -> TalkConfig:
     opts = dict(subjects=tuple(subjects), out=out, iterations=iterations, seq_frames=30, batch_size=2,
-                progress=False, checkpoint_every=10_000, window=50, overlap=10, dim=32, mel_dim=32)
+                progress=False, checkpoint_every=10_000, window=50, overlap=10, dim=32, mel_dim=32, audio_encoder="mel")
     opts.update(kw)
     return TalkConfig(**opts)
 
@@ -138,4 +138,4 @@ def test_defaults_and_the_saved_projection(prior, tmp_path):
 
 
 #: The defaults of ``gft train-talk`` chosen by the leave-one-subject-out ablation (BENCHMARKS.md).
-DEFAULTS = (80, 50, "pca", 0.95, "parallel", "mel")
+DEFAULTS = (80, 50, "pca", 0.95, "parallel", "mel+phonetic")

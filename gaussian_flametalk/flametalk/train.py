@@ -76,7 +76,7 @@ class TalkConfig:
 
     subjects: tuple[Path, ...] = field(metadata={"help": "tracked SUBJECT folders (from gft track)"})
     out: Path | None = field(default=None, metadata={"help": "output folder (default: FIRST_SUBJECT/talk)"})
-    audio_encoder: str = field(default="mel", metadata={
+    audio_encoder: str = field(default="mel+phonetic", metadata={
         "help": "mel | phonetic | mel+phonetic | wav2vec2:ID_OR_DIR | hubert:ID_OR_DIR"})
     iterations: int = field(default=80, metadata={
         "help": "total training iterations (a re-run resumes); the default is the adaptation of a prior (--init) to "
