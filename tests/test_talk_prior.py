@@ -139,3 +139,13 @@ def test_defaults_and_the_saved_projection(prior, tmp_path):
 
 #: The defaults of ``gft train-talk`` chosen by the leave-one-subject-out ablation (BENCHMARKS.md).
 DEFAULTS = (80, 50, "pca", 0.95, "parallel", "mel+phonetic")
+
+
+def test_cli_has_init_and_project():
+    from gaussian_flametalk.scripts.gft import build_parser
+
+    args = build_parser().parse_args(["train-talk", "NEW", "--init", "PRIOR", "--project", "clip",
+                                      "--pca-variance", "0.8"])
+    assert str(args.init) == "PRIOR" and args.project == "clip" and args.pca_variance == 0.8
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train-talk", "NEW", "--project", "box"])
