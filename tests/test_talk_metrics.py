@@ -48,22 +48,25 @@ def test_fdd_hand_computed():
 
 
 def test_ffe_hand_computed():
-    t, amp = 8, 3.0
-    true = torch.zeros(t, 1, 3)
-    true[:, 0, 1] = amp * torch.cos(2 * math.pi * torch.arange(t) / t)  # one cycle: bin 1, |G_1| = amp sqrt(8) / 2
-    bins = t // 2 + 1
-    # no motion predicted: only bin 1 of one coordinate differs, by |G_1|^2 = 2 amp^2, averaged over 5 bins x 3
-    assert fourier_frequency_error(torch.zeros_like(true), true).item() == pytest.approx(2 * amp ** 2 / (bins * 3))
-    # the same motion late by two frames: same amplitude spectrum, FFE 0 (the vertex error is not 0)
-    late = torch.roll(true, 2, dims=0)
-    assert fourier_frequency_error(late, true).item() == pytest.approx(0.0, abs=1e-6)
-    assert (late - true).abs().max() > amp
-    # twice the motion: (|2G| - |G|)^2 = |G|^2, the same as no motion
-    assert fourier_frequency_error(2 * true, true).item() == pytest.approx(2 * amp ** 2 / (bins * 3))
-    # a constant offset c sits in the DC bin: |G_0| = c sqrt(T)
+    """StyleSpeaker eq. 13: first 20 DFT components, squared norm of the difference, mean over N x 3 coordinates."""
+    amp = 3.0
+    for t, mirrored in ((40, False), (8, True)):
+        true = torch.zeros(t, 1, 3)
+        true[:, 0, 1] = amp * torch.cos(2 * math.pi * torch.arange(t) / t)  # bin 1 (and its mirror T - 1): A T / 2
+        # T = 40: components 0..19 hold bin 1 only; T = 8 (< 20): all 8, the mirror bin 7 too
+        expected = (1 + mirrored) * (amp * t / 2) ** 2 / 3
+        assert fourier_frequency_error(torch.zeros_like(true), true).item() == pytest.approx(expected, rel=1e-5)
+        # twice the motion differs by the motion itself: the same error as none
+        assert fourier_frequency_error(2 * true, true).item() == pytest.approx(expected, rel=1e-5)
+    # a constant offset c sits in component 0: |F_0| = c T, over 3 coordinates
+    t = 30
     offset = torch.zeros(t, 1, 3)
     offset[:, 0, 0] = 0.5
-    assert fourier_frequency_error(offset, torch.zeros_like(offset)).item() == pytest.approx(0.25 * t / (bins * 3))
+    assert fourier_frequency_error(offset, torch.zeros_like(offset)).item() == pytest.approx((0.5 * t) ** 2 / 3)
+    # motion above the 20th component does not count
+    fast = torch.zeros(100, 1, 3)
+    fast[:, 0, 2] = torch.cos(2 * math.pi * 30 * torch.arange(100) / 100)
+    assert fourier_frequency_error(fast, torch.zeros_like(fast)).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def _check_upper_face(head) -> torch.Tensor:

@@ -3,14 +3,15 @@
 - LVE (lip vertex error, FaceFormer/VOCA): per frame the largest lip-vertex L2 error, averaged over frames.
 - FDD (face dynamics deviation, CodeTalker): ground truth minus prediction of the per-vertex standard deviation over
   time of the motion magnitude of the upper face (see :func:`~gaussian_flametalk.headmodel.motion.upper_face_ids`).
-- FFE (Fourier frequency error, StyleSpeaker eq. 13): squared error between amplitude spectra over time.
+- FFE (Fourier frequency error, StyleSpeaker eq. 13): squared difference of the first 20 DFT components over time,
+  summed over them and averaged over the N x 3 vertex coordinates.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["face_dynamics_deviation", "fourier_frequency_error", "lip_vertex_error"]
+__all__ = ["FFE_COMPONENTS", "face_dynamics_deviation", "fourier_frequency_error", "lip_vertex_error"]
 
 
 def lip_vertex_error(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
@@ -45,30 +46,28 @@ def face_dynamics_deviation(pred: torch.Tensor, true: torch.Tensor, template: to
     return (dynamics(true) - dynamics(pred)).mean()
 
 
-def fourier_frequency_error(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-    """FFE, StyleSpeaker's Fourier frequency error: how far the frequency content of the predicted motion is from
-    the ground truth's, per vertex coordinate.
+FFE_COMPONENTS = 20  # StyleSpeaker: "the first 20 principal frequency components"
 
-    StyleSpeaker compares the discrete Fourier transforms (over time) of the two sequences. Read literally as the
-    squared modulus of the complex difference, the measure equals T times the mean squared error (Parseval) and
-    says nothing beyond the vertex error; it is meant to score the speaking *style* (how much energy the motion has
-    at each rate), so this implementation compares amplitude spectra, which ignores timing (phase):
 
-        FFE = mean over frequencies k = 0..floor(T/2), vertices n, coordinates c of (|P_k| - |G_k|)^2
+def fourier_frequency_error(pred: torch.Tensor, true: torch.Tensor, components: int = FFE_COMPONENTS) -> torch.Tensor:
+    """FFE, StyleSpeaker's Fourier frequency error (eq. 13, shared/papers/003_d753b93f948751db.txt), as written:
 
-    with P = rfft(pred, norm="ortho") and G = rfft(true, norm="ortho") along time (orthonormal DFT, so a signal and
-    its spectrum have the same energy). A time-shifted copy of the ground truth (circularly) scores 0; a sinusoid
-    of amplitude A at bin k (0 < k < T/2) has |G_k| = A sqrt(T) / 2.
+        FFE = sum over the N x 3 vertex coordinates c of || F(M^c) - F(M_hat^c) ||^2  /  (N x 3)
+
+    where M^c (T,) is one coordinate's sequence over time and F is the discrete Fourier transform (unnormalised, as
+    numpy's and torch's ``fft``) keeping its first ``components`` (20) frequency components k = 0 .. 19 (all T of
+    them for a clip shorter than that); the norm is over those complex components. A cosine of amplitude A at bin k
+    (0 < k < T/2) has |F_k| = A T / 2.
 
     Args:
-        pred, true: (T, N, 3) vertex sequences (or motion relative to a template: the DC bin then holds the mean
-            offset), same units.
+        pred, true: (T, N, 3) vertex sequences (or motion relative to a template: component 0 then holds the mean
+            offset times T), same units.
     Returns:
         scalar in squared input units.
     """
     if pred.shape != true.shape or pred.dim() != 3:
         raise ValueError(f"FFE needs pred and true of the same (T, N, 3) shape; got {tuple(pred.shape)}, "
                          f"{tuple(true.shape)}")
-    amp_pred = torch.fft.rfft(pred, dim=0, norm="ortho").abs()
-    amp_true = torch.fft.rfft(true, dim=0, norm="ortho").abs()
-    return ((amp_pred - amp_true) ** 2).mean()
+    k = min(components, pred.shape[0])
+    diff = torch.fft.fft(pred - true, dim=0)[:k]  # the DFT is linear: F(pred) - F(true) = F(pred - true)
+    return (diff.abs() ** 2).sum(dim=0).mean()
