@@ -5,7 +5,7 @@ and the background come from a source frame in which the *head region* (the pers
 dilated) is replaced by a static background plate estimated over the clip:
 
     keep   = torso_keep(cut)                      1 above the ramp, 0 below the cut, linear in between
-    plate  = source * (1 - region * keep) + static * region * keep
+    plate  = source * (1 - region) + static * region      region: 0 from the top of the ramp down
     output = keep * head + (1 - keep * alpha) * plate
 
 Torso cut: the image row of the lowest projected vertex of the rendered mesh, but no lower than ``NECK_SPAN`` face
@@ -127,8 +127,9 @@ def training_target(
 
 def head_region(mask: np.ndarray, cut: float, dilate: int) -> np.ndarray:
     """(H, W) float32 region of the source frame the avatar replaces: person above the cut, dilated by ``dilate``
-    pixels (feathered by a small blur), times the :func:`torso_keep` ramp, so the dilation never reaches over the
-    collar below the cut (there the source frame stays)."""
+    pixels (feathered by a small blur), above the :func:`torso_keep` ramp only, so the dilation never reaches over
+    the collar below the cut (there the source frame stays) and the ramp blends the render with the source frame
+    alone (mixing in the plate, inpainted where the body always is, drew a light band across the shirt)."""
     import cv2
 
     region = ((mask >= 0.5) & ~_below(cut, *mask.shape)).astype(np.uint8)
@@ -136,7 +137,8 @@ def head_region(mask: np.ndarray, cut: float, dilate: int) -> np.ndarray:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate + 1, 2 * dilate + 1))
         region = cv2.dilate(region, kernel)
         region = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(dilate / 2, 0.5))
-    return np.clip(region.astype(np.float32), 0.0, 1.0) * torso_keep(cut, *mask.shape)
+    # the plate only above the ramp: inside it the rendered neck fades into the source's own, never into the plate
+    return np.clip(region.astype(np.float32), 0.0, 1.0) * (torso_keep(cut, *mask.shape) >= 1.0)
 
 
 def composite(
