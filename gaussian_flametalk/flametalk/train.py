@@ -48,6 +48,7 @@ import torch
 from ..atomic import save_npz, write_json
 from ..config import config_to_dict, resolve_device, validate
 from ..headmodel import HeadModel
+from ..io.lock import stage_lock
 from ..io.meta import package_versions
 from ..io.subject import Subject
 from ..io.training import Checkpoint, RunState, restore, run_training
@@ -465,9 +466,15 @@ def open_subjects(cfg: TalkConfig) -> tuple[list[Subject], HeadModel, list[TalkD
 
 
 def train_talk(cfg: TalkConfig) -> dict:
-    """The stage: train, evaluate on every subject's test split, write OUT. Returns the meta dict."""
+    """The stage: train, evaluate on every subject's test split, write OUT (one writer at a time:
+    :func:`~gaussian_flametalk.io.lock.stage_lock`). Returns the meta dict."""
     subjects, head, datas = open_subjects(cfg)
     out = Path(cfg.out) if cfg.out is not None else subjects[0].root / "talk"
+    with stage_lock(out, "train-talk"):
+        return _train_talk(cfg, subjects, head, datas, out)
+
+
+def _train_talk(cfg: TalkConfig, subjects: list[Subject], head: HeadModel, datas: list[TalkData], out: Path) -> dict:
     (out / "meta.json").unlink(missing_ok=True)  # the run is not finished until meta.json is rewritten
     model, encoder, info = fit_talk(datas, head, cfg, out)
     head = head.cpu()

@@ -60,6 +60,8 @@ COMMANDS = (
             "pipeline.drive", "DriveConfig", positional=("subject", "speech")),
     Command("eval", "measure stability, lip sync, image quality and mesh motion of videos (metrics.json, plots, table)",
             "eval.evaluate", "EvalConfig", positional=("videos",)),
+    Command("benchmark", "the paper's Table 1 for trained SUBJECTs: self- and cross-reenactment (TTS) with PSNR, SSIM, "
+            "LPIPS, Sync, Stability", "pipeline.benchmark", "BenchmarkConfig", positional=("subjects",)),
 )
 
 
