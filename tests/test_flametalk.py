@@ -117,6 +117,9 @@ def test_masks_and_positional_encoding():
     mask = biased_causal_mask(n, h, p)
     slopes = alibi_slopes(h)
     assert torch.allclose(slopes, torch.tensor([2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8]))
+    # six heads (not a power of two): the four slopes of 4 heads, then the 1st and 3rd of 8 heads (ALiBi / FaceFormer)
+    assert torch.allclose(alibi_slopes(6), torch.tensor([2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8, 2 ** -1, 2 ** -3]))
+    assert torch.allclose(alibi_slopes(3), torch.tensor([2 ** -4, 2 ** -8, 2 ** -2]))
     for i in range(n):
         for j in range(n):
             if j > i:
@@ -249,3 +252,21 @@ def test_cli_has_train_talk():
 
     args = build_parser().parse_args(["train-talk", "A", "B", "--iterations", "5", "--audio-encoder", "mel"])
     assert [str(s) for s in args.subjects] == ["A", "B"] and args.iterations == 5
+
+
+def test_template_comes_from_the_training_frames_only(tmp_path):
+    from gaussian_flametalk.flametalk.train import load_subject_data
+    from gaussian_flametalk.headmodel.motion import motion_from_params, motion_vertices
+    from gaussian_flametalk.io.subject import Subject
+
+    root = make_subject(tmp_path / "S", seconds=2.0)
+    subject = Subject.open(root)
+    head = subject.head_model()
+    data = load_subject_data(subject, head)
+    params = subject.params()
+    motion, shape = motion_from_params(params, head), params.shape.mean(0)
+    with torch.no_grad():
+        train_mean = motion_vertices(head, motion[data.train_idx][None], shape).mean(dim=(0, 1))
+        all_mean = motion_vertices(head, motion[None], shape).mean(dim=(0, 1))
+    torch.testing.assert_close(data.template, train_mean)
+    assert (all_mean - train_mean).abs().max() > 0  # the test split would have changed it

@@ -21,7 +21,7 @@ from ..headmodel.motion import motion_from_params, motion_to_kwargs, motion_vert
 from .model import FlameTalk, FlameTalkSpec, predict
 from .projection import MotionProjector
 
-__all__ = ["TalkModel", "load_reference_motion", "load_talk"]
+__all__ = ["TalkModel", "load_reference_motion", "load_talk", "subject_template"]
 
 
 @dataclass
@@ -90,6 +90,15 @@ def load_reference_motion(path: str | os.PathLike, head: HeadModel) -> torch.Ten
     return motion
 
 
+@torch.no_grad()
+def subject_template(head: HeadModel, motion: torch.Tensor, shape: torch.Tensor, train_idx) -> torch.Tensor:
+    """The style input: the subject's mean mesh over its *training* frames (the test split is never seen), (V, 3).
+
+    Args: motion (T, M) tracked; shape (n_shape,) the identity; train_idx the training frame indices."""
+    idx = torch.as_tensor(np.asarray(train_idx), dtype=torch.long)
+    return motion_vertices(head, motion[idx][None], shape).mean(dim=(0, 1))
+
+
 def load_talk(folder: str | os.PathLike, subject: str | os.PathLike | None = None, device: str = "cpu",
               style_reference: str | os.PathLike | None = None, *, project: str | None = None,
               pca_variance: float | None = None) -> TalkModel:
@@ -125,8 +134,7 @@ def load_talk(folder: str | os.PathLike, subject: str | os.PathLike | None = Non
     params = subj.params()
     motion = motion_from_params(params, head)
     shape = params.shape.mean(0)
-    with torch.no_grad():
-        template = motion_vertices(head, motion[None], shape).mean(dim=(0, 1))
+    template = subject_template(head, motion, shape, subj.split()[0])
     index, reference = None, None
     if spec.ptalker:
         trained = [Path(s).resolve() for s in meta["subjects"]]

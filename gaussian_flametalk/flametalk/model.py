@@ -49,8 +49,19 @@ def periodic_positional_encoding(n: int, dim: int, period: int) -> torch.Tensor:
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
-    """ALiBi's geometric head slopes m_h = 2^(-8 (h+1) / H), h = 0..H-1: (H,)."""
-    return torch.pow(2.0, -8.0 * torch.arange(1, n_heads + 1).float() / n_heads)
+    """ALiBi's head slopes (Press et al.; FaceFormer uses them), (H,). For H a power of two the geometric sequence
+    m_h = 2^(-8 (h+1) / H), h = 0..H-1. Otherwise, with P the largest power of two below H: the P slopes of P heads,
+    then every other slope of 2P heads (the 1st, 3rd, ...) for the remaining H - P heads."""
+    if n_heads < 1:
+        raise ValueError(f"need at least one attention head, got {n_heads}")
+
+    def power_of_two(n: int) -> torch.Tensor:
+        return torch.pow(2.0, -8.0 * torch.arange(1, n + 1).float() / n)
+
+    p = 2 ** math.floor(math.log2(n_heads))
+    if p == n_heads:
+        return power_of_two(n_heads)
+    return torch.cat([power_of_two(p), power_of_two(2 * p)[0::2][: n_heads - p]])
 
 
 def biased_causal_mask(n: int, n_heads: int, period: int) -> torch.Tensor:

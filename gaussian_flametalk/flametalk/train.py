@@ -54,6 +54,7 @@ from ..io.subject import Subject
 from ..io.training import Checkpoint, RunState, restore, run_training
 from ..io.audio import SAMPLE_RATE, AudioError, load_audio
 from .encoders import AudioEncoder, load_encoder
+from .inference import subject_template
 from ..headmodel.motion import motion_from_params, motion_to_kwargs, motion_vertices, mouth_opening
 from ..metrics.motion import lip_vertex_error
 from .losses import trend_loss, velocity_loss, vertex_loss
@@ -172,9 +173,8 @@ def load_subject_data(subject: Subject, model: HeadModel) -> TalkData:
                          f"({subject.n_frames / subject.fps:.2f} s): audio and frames do not match")
     motion = motion_from_params(params, model)
     shape = params.shape.mean(0)
-    with torch.no_grad():
-        template = motion_vertices(model, motion[None], shape).mean(dim=(0, 1))
     train_idx, test_idx = subject.split()
+    template = subject_template(model, motion, shape, train_idx)
     return TalkData(torch.from_numpy(wave), motion, shape, template, train_idx, test_idx, subject.fps,
                     subject.root.name)
 
