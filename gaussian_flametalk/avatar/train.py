@@ -53,14 +53,12 @@ from .composite import (
 )
 from .gaussians import (
     BoundGaussians,
-    DensifyStats,
-    densify_and_prune,
     region_triangles,
-    reset_opacity,
     save_ply,
 )
 from .rasterize import render
 from .schedule import Schedule, resolve_schedule
+from .strategy import DefaultStrategy
 
 __all__ = ["AvatarConfig", "FrameParams", "TrainData", "fit_avatar", "load_training_data", "main", "train_avatar"]
 
@@ -414,9 +412,11 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
         colors = _init_colors(data, model, triangles, device)
         gaussians = BoundGaussians.init(triangles, model.n_faces, colors, cfg.init_scale, cfg.init_opacity).to(device)
     optimizer = _optimizer(gaussians, frames, cfg, k_mean)
-    stats = DensifyStats(len(gaussians), device)
-    run = restore(state, {"frames": frames, "optimizer": optimizer, "stats": stats}, gen) if state else RunState()
     schedule = cfg.schedule()
+    strategy = DefaultStrategy(schedule, face_scale, cfg.grad_threshold, cfg.percent_dense * cfg.extent,
+                               cfg.min_opacity, cfg.max_size * cfg.extent)
+    stats = strategy.initialize_state(gaussians)
+    run = restore(state, {"frames": frames, "optimizer": optimizer, "stats": stats}, gen) if state else RunState()
     train_idx = torch.as_tensor(data.train_idx, dtype=torch.long)
 
     def step(it: int) -> dict | None:
@@ -433,15 +433,10 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
             loss = loss + cfg.w_alpha * l1(alpha, silhouette, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if schedule.collect_gradients(it) and info.means2d.grad is not None:
-            stats.update(info.means2d.grad, info.visible, camera.width, camera.height)
+        strategy.step_post_backward(stats, info, it, camera.width, camera.height)
         optimizer.step()
+        strategy.step_post_update(gaussians, optimizer, stats, it, gen)
         done = it + 1
-        if schedule.densify_at(done):
-            densify_and_prune(gaussians, optimizer, stats, face_scale, cfg.grad_threshold,
-                              cfg.percent_dense * cfg.extent, cfg.min_opacity, cfg.max_size * cfg.extent, gen)
-        if schedule.reset_at(done):
-            reset_opacity(gaussians, optimizer)
         if done % 10 and done != cfg.iterations:
             return None
         return {"loss": float(loss.item()), "psnr": psnr(image, target, weight), "n": len(gaussians),
