@@ -41,6 +41,7 @@ from ..config import config_to_dict, resolve_device, validate
 from ..geometry.camera import Camera
 from ..headmodel import HeadModel, HeadParams, load_head_model
 from ..headmodel.base import MOUTH_REGION_NAMES
+from ..io.lock import stage_lock
 from ..io.meta import StageMeta, package_versions, write_meta
 from ..io.subject import Subject
 from ..io.training import Checkpoint, RunState, restore, run_training
@@ -489,13 +490,18 @@ def save_grid(path: Path, rows: list[tuple[np.ndarray, np.ndarray]]) -> None:
 
 def train_avatar(cfg: AvatarConfig) -> dict:
     """Run the stage on ``cfg.subject``; returns the meta.json dict (see the module docstring for the outputs)."""
+    t_start = time.perf_counter()
+    subject, model, _params = open_subject(cfg)
+    out = Path(cfg.out) if cfg.out is not None else subject.root / "avatar"
+    with stage_lock(out, "train-avatar"):  # one writer at a time
+        return _train_avatar(cfg, subject, model, out, t_start)
+
+
+def _train_avatar(cfg: AvatarConfig, subject: Subject, model: HeadModel, out: Path, t_start: float) -> dict:
     import cv2
 
     from .sequence import AvatarRenderer
 
-    t_start = time.perf_counter()
-    subject, model, _params = open_subject(cfg)
-    out = Path(cfg.out) if cfg.out is not None else subject.root / "avatar"
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # unfinished until rewritten
     model = model.to(cfg.device)
