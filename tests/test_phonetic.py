@@ -337,3 +337,17 @@ def test_english_clip_own_sound_beats_other_speech(shared_dir):
     for path in others:
         other = phonetic_sync(opening, decode_phones(_fit(load_audio(path), wave.size)), FPS)
         assert other["peak"] < own["peak"] - 0.15, (path.name, other["peak"], own["peak"])
+
+
+@needs_espeak
+def test_decoding_does_not_depend_on_what_was_decoded_before():
+    """A clip's phones are the same whether it is the process's first decoding or comes after others (a reused
+    PocketSphinx decoder carried state between utterances: the demo subject's test audio then gave other phones)."""
+    from gaussian_flametalk.flametalk.phonetic import decode_phones
+
+    a = _speak("Peter bought a big blue bottle of milk for mama.")
+    b = _speak("She sells sea shells by the sea shore, surely.")
+    first = decode_phones(a)
+    decode_phones(b)
+    decode_phones(b[: b.size // 2])
+    assert decode_phones(a) == first

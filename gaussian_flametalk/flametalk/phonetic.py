@@ -136,24 +136,25 @@ for _p, _i in _INDEX.items():
 
 # ------------------------------------------------------------------------------------------------ decoding
 
-_decoders: dict[tuple, object] = {}
+_configs: dict[tuple, object] = {}
 _decoder_lock = threading.Lock()
 
 
 def _decoder(lw: float, beam: float):
-    """A PocketSphinx decoder in allphone mode with the packaged en-us model (one per setting, kept)."""
+    """A fresh PocketSphinx decoder in allphone mode with the packaged en-us model. Fresh for every utterance: a
+    reused decoder carries state from the utterances before (measured: the same clip decoded after another gave other
+    phones), which would make a clip's features depend on what the process decoded earlier."""
     key = (lw, beam)
     with _decoder_lock:
-        if key not in _decoders:
-            try:
-                import pocketsphinx
-            except ImportError as e:  # pragma: no cover - a declared dependency
-                raise ImportError("the phonetic encoder needs pocketsphinx: pip install 'pocketsphinx==5.1.1'") from e
+        try:
+            import pocketsphinx
+        except ImportError as e:  # pragma: no cover - a declared dependency
+            raise ImportError("the phonetic encoder needs pocketsphinx: pip install 'pocketsphinx==5.1.1'") from e
+        if key not in _configs:
             model = pocketsphinx.get_model_path("en-us")
-            config = pocketsphinx.Config(hmm=f"{model}/en-us", allphone=f"{model}/en-us-phone.lm.bin", lw=lw,
-                                         beam=beam, pbeam=beam, cmn="batch", loglevel="FATAL")
-            _decoders[key] = pocketsphinx.Decoder(config)
-        return _decoders[key]
+            _configs[key] = dict(hmm=f"{model}/en-us", allphone=f"{model}/en-us-phone.lm.bin", lw=lw, beam=beam,
+                                 pbeam=beam, cmn="batch", loglevel="FATAL")
+        return pocketsphinx.Decoder(pocketsphinx.Config(**_configs[key]))
 
 
 def _noise(n: int) -> np.ndarray:
