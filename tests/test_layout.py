@@ -18,7 +18,7 @@ LAYERS = {
     "headmodel": 2,
     "io": 3, "metrics": 3,
     "tracking": 4, "avatar": 4, "flametalk": 4,
-    "eval": 5, "demo_subject": 5,
+    "eval": 5, "demo_subject": 5, "interop": 5,
     "pipeline": 6,
     "scripts": 7,
 }
