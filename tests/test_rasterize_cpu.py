@@ -286,7 +286,7 @@ def test_failed_compile_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatc
     broken = tmp_path / "broken.cpp"
     broken.write_text('extern "C" int gft_abi_version() { return }\n')
     monkeypatch.setenv("GFT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(rasterize_cpu, "SOURCE", broken)
+    monkeypatch.setattr(rasterize_cpu, "SOURCES", (broken,))
     with pytest.raises(RuntimeError, match="compiling the CPU rasterizer failed"):
         rasterize_cpu._build_and_load()
     assert list((tmp_path / "cache" / "cpu-rasterizer").iterdir()) == []

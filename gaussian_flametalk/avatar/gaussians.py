@@ -29,7 +29,7 @@ from torch import nn
 
 from ..atomic import atomic_write
 from ..geometry.rotation import quaternion_to_matrix
-from .binding import local_to_world, triangle_frames
+from .binding import bind
 from .sh import MAX_SH_DEGREE, num_sh_bases, rgb_to_sh
 
 __all__ = [
@@ -141,12 +141,18 @@ class BoundGaussians(nn.Module):
         Returns:
             means (B, N, 3), quats (B, N, 4), scales (B, N, 3), opacities (N,), SH coefficients (N, 16, 3).
         """
+        means, quats, scales = self.pose(vertices, faces)
+        return (means, quats, scales, *self.appearance())
+
+    def pose(self, vertices: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """World means (B, N, 3), quats (B, N, 4) and scales (B, N, 3) on B posed meshes (B, V, 3); faces (F, 3)."""
         if faces.shape[0] != self.n_faces:
             raise ValueError(f"the avatar is bound to a mesh of {self.n_faces} triangles, got {faces.shape[0]}")
-        means, quats, scales = local_to_world(
-            triangle_frames(vertices, faces), self.parent, self.xyz, self.rotation, self.log_scale
-        )
-        return means, quats, scales, torch.sigmoid(self.opacity), torch.cat([self.sh_dc, self.sh_rest], dim=1)
+        return bind(vertices, faces, self.parent, self.xyz, self.rotation, self.log_scale)
+
+    def appearance(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What does not depend on the pose: opacities (N,) and SH coefficients (N, 16, 3)."""
+        return torch.sigmoid(self.opacity), torch.cat([self.sh_dc, self.sh_rest], dim=1)
 
     def world_max_scale(self, face_scale: torch.Tensor) -> torch.Tensor:
         """(N,) largest world standard deviation given (F,) triangle scales of a reference mesh."""

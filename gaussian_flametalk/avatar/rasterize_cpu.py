@@ -1,6 +1,7 @@
 """Compiled CPU backend: the convention of :mod:`gaussian_flametalk.avatar.rasterize` in C++ (float32, multithreaded).
 
-The kernel (``csrc/rasterize_cpu.cpp``, one translation unit) does the whole forward pass — EWA projection with the
+The kernel (``csrc/rasterize_cpu.cpp``; the library also carries the triangle-binding kernel ``csrc/bind_cpu.cpp`` that
+:mod:`.binding` uses) does the whole forward pass — EWA projection with the
 Jacobian clamp and ``eps2d`` dilation, SH evaluation, tile binning with a per-tile depth sort, front-to-back
 compositing with early termination — and its analytic backward, on raw float32 buffers: threads over Gaussians for
 the projection and over 16x16 tiles for the compositing (each tile's pixel rows as SIMD lanes; the backward writes
@@ -38,8 +39,11 @@ from torch.autograd.function import once_differentiable
 
 from ..atomic import atomic_write
 
-SOURCE = Path(__file__).parent / "csrc" / "rasterize_cpu.cpp"
-ABI_VERSION = 2
+CSRC = Path(__file__).parent / "csrc"
+#: the translation units of the one library (rasterizer + triangle binding); the headers they include are hashed too
+SOURCES = (CSRC / "rasterize_cpu.cpp", CSRC / "bind_cpu.cpp")
+HEADERS = (CSRC / "parallel.h",)
+ABI_VERSION = 3
 TILE_SIZE = 16
 # -fno-math-errno and -fno-trapping-math let the compiler inline sqrt and turn masked lanes into selects (results
 # unchanged); -ffp-contract=off keeps every float operation individually rounded, so the forward and the backward
@@ -98,7 +102,8 @@ def _compiler_id(cmd: list[str]) -> str:
 def library_path(compiler: list[str]) -> Path:
     """The cache file the current source builds to with ``compiler``."""
     key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
+    for path in (*SOURCES, *HEADERS):
+        key.update(path.read_bytes())
     key.update(" ".join(CXX_FLAGS).encode())
     key.update(_compiler_id(compiler).encode())
     key.update(f"{platform.system()}-{platform.machine()}-abi{ABI_VERSION}".encode())
@@ -108,7 +113,7 @@ def library_path(compiler: list[str]) -> Path:
 def _build(compiler: list[str], target: Path) -> None:
     """Compile the kernel to ``target`` atomically (a temporary name, then a rename: parallel builds are harmless)."""
     with atomic_write(target, ".so") as tmp:
-        cmd = [*compiler, *CXX_FLAGS, str(SOURCE), "-o", str(tmp)]
+        cmd = [*compiler, *CXX_FLAGS, *map(str, SOURCES), "-o", str(tmp)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         if proc.returncode != 0:
             raise RuntimeError(f"compiling the CPU rasterizer failed ({' '.join(cmd)}):\n{proc.stderr.strip()[-2000:]}")
@@ -124,8 +129,9 @@ class _Loaded:
 
 def _build_and_load() -> _Loaded:
     """Compile the kernel if its cached build is missing, then load it; raises with the reason when that fails."""
-    if not SOURCE.is_file():
-        raise RuntimeError(f"the CPU rasterizer's source is missing ({SOURCE})")
+    missing = [str(p) for p in (*SOURCES, *HEADERS) if not p.is_file()]
+    if missing:
+        raise RuntimeError(f"the CPU rasterizer's source is missing ({', '.join(missing)})")
     compiler = find_compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set $CXX, or install g++ or clang++)")
@@ -165,6 +171,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         P, P, P, P,  # trans, ncontrib, grad image, grad alpha
         P, P, P, P, P, I32,  # outputs, threads
     ]
+    lib.gft_bind_forward.restype = None
+    lib.gft_bind_forward.argtypes = [I64, I64, P, P, I64, P, P, P, P, P, P, P, I32]
     lib.gft_count_nonfinite.restype = I64
     lib.gft_count_nonfinite.argtypes = [P, I64, I32]
     lib.gft_project_backward.restype = None

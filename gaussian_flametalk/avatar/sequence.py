@@ -61,6 +61,25 @@ class AvatarRenderer:
         self.tracked = subject.params(device=self.device)
         self.used = torch.unique(self.model.faces[self.gaussians.covered_triangles()])
         self.dilate = max(1, round(0.02 * resolution))
+        with torch.no_grad():
+            self.appearance = tuple(t.detach() for t in self.gaussians.appearance())
+        self._cuts: dict[int, float] = {}
+
+    @torch.no_grad()
+    def prepare_sources(self, sources: np.ndarray, chunk: int = 32) -> None:
+        """Compute the torso cut rows of source frames ``sources`` (any int array) in batches, ahead of
+        :meth:`frame_and_weight` (which otherwise poses one source mesh per frame)."""
+        todo = [int(s) for s in np.unique(np.asarray(sources)) if int(s) not in self._cuts]
+        for i in range(0, len(todo), chunk):
+            idx = todo[i:i + chunk]
+            verts = self.model.forward_params(self.tracked[torch.as_tensor(idx, device=self.device)])
+            cuts = torso_cut_rows(verts[:, self.used], self.camera, self.model.landmarks(verts))
+            self._cuts.update(zip(idx, cuts.tolist()))
+
+    def _source_cut(self, source: int) -> float:
+        if source not in self._cuts:
+            self.prepare_sources(np.array([source]))
+        return self._cuts[source]
 
     @classmethod
     def load(
@@ -110,9 +129,8 @@ class AvatarRenderer:
         from .train import render_vertices
 
         image, alpha, _ = render_vertices(self.gaussians, verts.to(self.device), self.model.faces, self.camera,
-                                          self.sh_degree)
-        src_verts = self.model.forward_params(self.tracked[source:source + 1])
-        cut = float(torso_cut_rows(src_verts[:, self.used], self.camera, self.model.landmarks(src_verts))[0])
+                                          self.sh_degree, self.appearance)
+        cut = self._source_cut(int(source))
         chin, height = chin_rows(self.model.landmarks(verts.to(self.device)), self.camera)
         cut = max(cut, float(chin[0] + CHIN_MARGIN * height[0]))  # a jaw opened wider than the source's stays whole
         size = (self.size, self.size)
@@ -168,6 +186,7 @@ def render_sequence(
     if len(src) != params.batch or src.min() < 0 or src.max() >= subject.n_frames:
         raise ValueError(f"source_frames must be {params.batch} indices in 0..{subject.n_frames - 1}")
     params = params.to(renderer.device)
+    renderer.prepare_sources(src)
     for t in tqdm(range(params.batch), desc="render-avatar", unit="frame", disable=not progress):
         yield renderer.frame(params[t:t + 1], int(src[t]))
 

@@ -268,6 +268,7 @@ def drive(cfg: DriveConfig) -> dict:
         verts = model.to(renderer.device).forward_params(params.to(renderer.device))
     if verts.is_cuda:
         torch.cuda.synchronize()
+    renderer.prepare_sources(source)
     timings["mesh"] = time.perf_counter() - t0
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,10 @@
 #include <thread>
 #include <vector>
 
+#include "parallel.h"
+
+using gft::parallel_for;
+
 namespace {
 
 constexpr int TILE = 16;
@@ -44,33 +48,6 @@ constexpr float C3_B = 2.890611442640554f;
 constexpr float C3_C = 0.4570457994644658f;
 constexpr float C3_D = 0.3731763325901154f;
 constexpr float C3_E = 1.445305721320277f;
-
-// Run fn(begin, end) over [0, n) in chunks of `grain`, on up to `threads` threads (the caller's included).
-template <class F>
-void parallel_for(int64_t n, int64_t grain, int threads, F fn) {
-    if (n <= 0) return;
-    if (grain < 1) grain = 1;
-    const int64_t n_chunks = (n + grain - 1) / grain;
-    int workers = static_cast<int>(std::min<int64_t>(std::max(threads, 1), n_chunks));
-    if (workers <= 1) {
-        fn(int64_t(0), n);
-        return;
-    }
-    std::atomic<int64_t> next(0);
-    auto work = [&]() {
-        for (;;) {
-            const int64_t chunk = next.fetch_add(1, std::memory_order_relaxed);
-            if (chunk >= n_chunks) break;
-            const int64_t b = chunk * grain;
-            fn(b, std::min(n, b + grain));
-        }
-    };
-    std::vector<std::thread> pool;
-    pool.reserve(workers - 1);
-    for (int i = 0; i < workers - 1; ++i) pool.emplace_back(work);
-    work();
-    for (auto& t : pool) t.join();
-}
 
 struct Camera {
     float R[9];
@@ -234,7 +211,7 @@ extern "C" {
 void gft_stats(int64_t* out) { out[0] = stat_pairs; out[1] = stat_rows; out[2] = stat_evals; out[3] = stat_drawn; }
 #endif
 
-int gft_abi_version() { return 2; }
+int gft_abi_version() { return 3; }
 
 // Number of non-finite values among n floats.
 int64_t gft_count_nonfinite(const float* x, int64_t n, int threads) {
