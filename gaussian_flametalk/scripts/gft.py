@@ -62,6 +62,8 @@ COMMANDS = (
             "eval.evaluate", "EvalConfig", positional=("videos",)),
     Command("benchmark", "the paper's Table 1 for trained SUBJECTs: self- and cross-reenactment (TTS) with PSNR, SSIM, "
             "LPIPS, Sync, Stability", "pipeline.benchmark", "BenchmarkConfig", positional=("subjects",)),
+    Command("batch", "run many clips (a YAML/CSV manifest) through the stages as Ray tasks, resumable, one results "
+            "table (ROOT/batch.md)", "pipeline.batch", "BatchConfig", positional=("manifest",)),
     Command("import-vhap", "turn a VHAP-exported monocular sequence (transforms.json, flame_param/) into a SUBJECT",
             "interop.vhap", "ImportVhapConfig", run="main_import", positional=("folder",)),
     Command("export-vhap", "write a FLAME-tracked SUBJECT in VHAP's export layout (GaussianAvatars trains on it)",

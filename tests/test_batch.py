@@ -1,0 +1,163 @@
+"""``gft batch``: the manifest (YAML, CSV, bad entries), the plan's checks, one bad clip in-process, and the issue's
+end-to-end check on a local Ray with 2 workers over 3 clips (two real ../shared clips cut to 2.5 s, one corrupt file):
+the good clips finish, the bad one fails with its message, and a re-run does no repeated work (timed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from gaussian_flametalk.io.media import ffmpeg_exe
+from gaussian_flametalk.pipeline.batch import BatchConfig, batch, make_plan
+from gaussian_flametalk.pipeline.batch_exec import parse_resources, ray_available
+from gaussian_flametalk.pipeline.manifest import ManifestError, read_manifest
+
+#: stage settings that keep a 2.5 s clip's chain to seconds (the real code paths, small sizes)
+QUICK = {
+    "track": {"resolution": 256, "overlay": False, "rigid_iters": 10, "full_iters": 4, "smooth_iters": 15},
+    "train-avatar": {"iterations": 30, "resolution": 64, "max_triangles": 2000, "checkpoint_every": 30,
+                     "opacity_resets": 0, "sh_degree": 0, "grid_frames": 1},
+    "train-talk": {"iterations": 8, "seq_frames": 25, "audio_encoder": "mel", "checkpoint_every": 10},
+    "train-talk-prior": {"iterations": 10},
+}
+
+
+def _yaml(path: Path, clips: list[dict], defaults: dict) -> Path:
+    path.write_text(json.dumps({"defaults": defaults, "clips": clips}))  # JSON is YAML
+    return path
+
+
+def test_yaml_manifest_types_paths_and_defaults(tmp_path):
+    m = _yaml(tmp_path / "m.yaml", [
+        {"video": "a.mp4", "speech": ["s.wav"], "train-avatar": {"max-triangles": 50}},
+        {"video": "/abs/b.mov", "name": "bee", "head_model": "ict:models/FaceX", "track": {"resolution": 128}},
+    ], {"head_model": "synthetic", "train-avatar": {"iterations": 7, "max-triangles": 9},
+        "train-talk": {"audio_encoder": "mel", "iterations": 5}, "train-talk-prior": {"dim": 32}})
+    clips, prior = read_manifest(m)
+    a, b = clips
+    assert (a.name, a.video, a.head_model, a.speech) == ("a", tmp_path / "a.mp4", "synthetic", (tmp_path / "s.wav",))
+    assert a.options["train-avatar"] == {"iterations": 7, "max-triangles": 50}  # the clip's own option wins
+    assert (b.name, b.video, b.head_model) == ("bee", Path("/abs/b.mov"), f"ict:{tmp_path / 'models/FaceX'}")
+    assert prior == {"audio_encoder": "mel", "dim": 32}  # the clips' encoder, not their (adaptation) length
+    plan = make_plan(BatchConfig(manifest=m, out=tmp_path / "root", stages="train-talk,track,train-talk-prior"))
+    assert plan.stages == ("track", "train-talk-prior", "train-talk")  # run order, whatever the order given
+    track = plan.tasks[("bee", "track")].options
+    assert track["resolution"] == 128 and track["out"] == (tmp_path / "root" / "bee").resolve()
+    talk = plan.tasks[("a", "train-talk")].options
+    assert talk["init"] == (tmp_path / "root" / "talk-prior").resolve() and talk["iterations"] == 5
+    assert plan.tasks[(None, "train-talk-prior")].options["iterations"] == 120
+
+
+def test_csv_manifest(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("video,name,speech,train-avatar.iterations,track.overlay,train-avatar.regions\n"
+                 "x.mp4,,one.wav;two.wav,30,false,face lips\n"
+                 "y.mp4,why,,,,\n")
+    x, y = read_manifest(m)[0]
+    assert x.speech == (tmp_path / "one.wav", tmp_path / "two.wav") and y.name == "why" and y.options == {}
+    plan = make_plan(BatchConfig(manifest=m, out=tmp_path / "r", stages="track,train-avatar", head_model="synthetic"))
+    opts = plan.tasks[("x", "train-avatar")].options
+    assert opts["iterations"] == 30 and opts["regions"] == ("face", "lips")
+    assert plan.tasks[("x", "track")].options["overlay"] is False
+
+
+@pytest.mark.parametrize("clips, defaults, message", [
+    ([{"video": "a.mp4"}, {"video": "b/a.mp4"}], {}, "share the name 'a'"),
+    ([{"video": "a.mp4", "train-avatar": {"iteratons": 3}}], {}, "has no option 'iteratons'"),
+    ([{"video": "a.mp4", "train-avatar": {"iterations": "many"}}], {}, "expected an integer"),
+    ([{"video": "a.mp4", "track": {"out": "x"}}], {}, "set by gft batch itself"),
+    ([{"video": "a.mp4", "train-talk": {"infer_mode": "sideways"}}], {}, "'sideways' is not one of"),
+    ([{"name": "nothing"}], {}, "has no video"),
+    ([{"video": "a.mp4", "name": "../up"}], {}, "is not a folder name"),
+    ([{"video": "a.mp4", "train-talk-prior": {"iterations": 3}}], {}, "belong in the manifest's defaults"),
+])
+def test_bad_manifests_fail_before_any_work_naming_the_clip(tmp_path, clips, defaults, message):
+    m = _yaml(tmp_path / "m.yaml", clips, defaults)
+    with pytest.raises(ManifestError, match=message) as e:
+        make_plan(BatchConfig(manifest=m, out=tmp_path / "root", stages="track,train-avatar,train-talk",
+                              head_model="synthetic"))
+    assert str(e.value).startswith(f"{m}: clip")
+    assert not (tmp_path / "root").exists()
+
+
+def test_options_resources_and_manifest_files_are_checked():
+    with pytest.raises(ValueError, match="--stages: train-avatr"):
+        BatchConfig(manifest=Path("m.yaml"), out=Path("r"), stages="track,train-avatr")
+    with pytest.raises(ValueError, match="--resources"):
+        BatchConfig(manifest=Path("m.yaml"), out=Path("r"), resources=("train-avatar.gpu=1",))
+    assert parse_resources(("train-avatar.gpus=0.5", "track.memory-gb=3"))["train-avatar"].gpus == 0.5
+    with pytest.raises(ManifestError, match="manifest not found"):
+        read_manifest("/nonexistent/m.yaml")
+
+
+def test_a_bad_clip_fails_its_own_chain_in_process(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00not a video" * 100)
+    m = _yaml(tmp_path / "m.yaml", [{"video": "bad.mp4"}, {"video": "missing.mp4"}], {"head_model": "synthetic"})
+    result = batch(BatchConfig(manifest=m, out=tmp_path / "root", stages="track,train-avatar", sequential=True,
+                               progress=False))
+    by_name = {c["name"]: c for c in result["clips"]}
+    assert result["mode"] == "sequential"
+    assert by_name["bad"]["status"] == "failed" and "not a readable video" in by_name["bad"]["error"]
+    assert "missing.mp4" in by_name["missing"]["error"]
+    assert by_name["bad"]["stages"]["train-avatar"]["status"] == "blocked"
+    md = (tmp_path / "root" / "batch.md").read_text()
+    assert "not a readable video" in md and json.loads((tmp_path / "root" / "batch.json").read_text())["clips"]
+    assert "Traceback" in (tmp_path / "root" / "logs" / "bad.track.log").read_text()
+
+
+def _cut(src: Path, dst: Path, start: float, seconds: float) -> Path:
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-ss", str(start), "-t",
+                    str(seconds), "-i", str(src), "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(dst)],
+                   check=True)
+    return dst
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not ray_available(), reason="ray is not installed (pip install 'gaussian-flametalk[distributed]')")
+def test_ray_batch_two_good_clips_one_corrupt_and_a_rerun_that_does_nothing(shared_dir, tmp_path):
+    videos = shared_dir / "data" / "videos"
+    if not (videos / "v1_german_news_anchor_20s.mp4").is_file() or not (videos / "v4_trump_oval_office_10s.mp4").is_file():
+        pytest.skip("the ../shared clips v1 and v4 are not there")
+    _cut(videos / "v1_german_news_anchor_20s.mp4", tmp_path / "anchor.mp4", 1.0, 2.5)
+    _cut(videos / "v4_trump_oval_office_10s.mp4", tmp_path / "office.mp4", 1.0, 2.5)
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)  # a header, no movie
+    m = _yaml(tmp_path / "m.yaml", [{"video": "anchor.mp4"}, {"video": "office.mp4"}, {"video": "broken.mp4"}],
+              {"head_model": f"ict:{shared_dir / 'headmodels/ict-facekit/FaceXModel'}", **QUICK})
+    cfg = BatchConfig(manifest=m, out=tmp_path / "root", workers=2, progress=False,
+                      stages="track,train-avatar,train-talk-prior,train-talk")
+    t0 = time.perf_counter()
+    first = batch(cfg)
+    t_first = time.perf_counter() - t0
+    clips = {c["name"]: c for c in first["clips"]}
+    assert first["mode"] == "ray" and first["workers"] == 2
+    for name in ("anchor", "office"):
+        c = clips[name]
+        assert c["status"] == "done", c["error"]
+        assert all(s["status"] == "done" for s in c["stages"].values())
+        assert c["figures"]["tracking_error_iod"] < 0.05  # real tracking: under 5 % of the inter-ocular distance
+        assert c["figures"]["avatar_test_psnr"] > 12 and c["figures"]["talk_lve_mm"] > 0
+        assert c["figures"]["talk_init"]  # adapted from the batch's prior
+    assert clips["broken"]["status"] == "failed" and "broken.mp4" in clips["broken"]["error"]
+    assert clips["broken"]["stages"]["train-talk"]["status"] == "blocked"
+    assert first["prior"]["status"] == "done" and first["prior"]["figures"]["subjects"] == 2
+    busy = sum(s["elapsed_s"] or 0 for c in first["clips"] for s in c["stages"].values())
+    assert busy > first["wall_s"] * 0.6, "two workers: the stages' seconds add up to more than most of the wall time"
+    assert "broken.mp4" in (tmp_path / "root" / "batch.md").read_text()
+
+    marks = {p: p.stat().st_mtime_ns for p in (tmp_path / "root").rglob("meta.json")}
+    t0 = time.perf_counter()
+    again = batch(cfg)
+    t_again = time.perf_counter() - t0
+    print(f"\ngft batch, Ray with 2 workers, 3 clips: first run {t_first:.1f} s, re-run {t_again:.1f} s")
+    for c in again["clips"]:
+        if c["name"] != "broken":
+            assert all(s["status"] == "reused" for s in c["stages"].values()), c
+            assert c["figures"]["avatar_test_psnr"] == clips[c["name"]]["figures"]["avatar_test_psnr"]
+    assert again["prior"]["status"] == "reused"
+    assert {p: p.stat().st_mtime_ns for p in marks} == marks  # nothing was rewritten
+    assert t_again < t_first / 2
