@@ -10,8 +10,8 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 export PIP_CONSTRAINT="$PWD/constraints.txt"
-echo "setup: installing gaussian-flametalk[test] (torch pinned by constraints.txt)"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+echo "setup: installing gaussian-flametalk[test,distributed] (torch pinned by constraints.txt)"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,distributed]"
 # espeak-ng speaks the built-in demo subject (gft demo). Installed with apt-get where apt is there and we are root or
 # have passwordless sudo; anything else only prints how to get it: the setup never fails over it.
 if command -v espeak-ng >/dev/null 2>&1; then
