@@ -13,9 +13,9 @@ learnt from VHAP's public export and dataset code; this reader and writer are th
       transforms_train.json, transforms_val.json, transforms_test.json   the same keys, one split each
       images/TTTTT_CC.png        the frames (timestep TTTTT, camera CC)
       fg_masks/TTTTT_CC.png      8-bit foreground masks
-      flame_param/TTTTT.npz      FLAME parameters of one timestep: translation (1, 3), rotation (1, 3), neck_pose (1, 3),
-                                 jaw_pose (1, 3), eyes_pose (1, 6), expr (1, E), shape (S,), optionally
-                                 static_offset (1, V, 3) and dynamic_offset (1, V, 3)
+      flame_param/TTTTT.npz      FLAME parameters of one timestep: translation (1, 3), rotation (1, 3),
+                                 neck_pose (1, 3), jaw_pose (1, 3), eyes_pose (1, 6), expr (1, E), shape (S,),
+                                 optionally static_offset (1, V, 3) and dynamic_offset (1, V, 3)
       canonical_flame_param.npz  zero pose and expression with the jaw opened 0.3 rad, the shared shape
 
 Conventions mapped: the FLAME parameters are this project's :class:`HeadParams` fields one to one (same joint order,
@@ -143,8 +143,8 @@ def read_vhap(folder: str | os.PathLike, camera_index: int | None = None) -> Vha
                   key=lambda f: int(f["timestep_index"]))
     steps = [int(f["timestep_index"]) for f in mine]
     if steps != list(range(len(steps))):
-        raise VhapFormatError(f"{path}: camera {camera_index} has timesteps {steps[:5]}...: expected 0..{len(steps) - 1}, "
-                              "each once")
+        raise VhapFormatError(f"{path}: camera {camera_index} has timesteps {steps[:5]}...: expected "
+                              f"0..{len(steps) - 1}, each once")
     first = mine[0]
     try:
         K = np.array([[first["fl_x"], 0, first["cx"]], [0, first["fl_y"], first["cy"]], [0, 0, 1]], dtype=np.float64)
@@ -225,8 +225,9 @@ class ImportVhapConfig:
 
     folder: Path = field(metadata={"help": "a VHAP export folder (transforms.json, images/, fg_masks/, flame_param/)"})
     out: Path = field(metadata={"help": "the SUBJECT folder to write"})
-    head_model: str = field(metadata={"help": "the FLAME file the sequence was tracked with: flame:PATH "
-                                              "(generic_model.pkl / flame2023.pkl, with its landmark embedding beside it)"})
+    head_model: str = field(metadata={
+        "help": "the FLAME file the sequence was tracked with: flame:PATH (generic_model.pkl / flame2023.pkl, with its "
+                "landmark embedding beside it)"})
     audio: Path | None = field(default=None, metadata={
         "help": "the sequence's sound (any audio or video file), for gft train-talk; VHAP exports have none"})
     fps: float = field(default=25.0, metadata={"help": "frame rate of the sequence (VHAP's files do not store it)"})

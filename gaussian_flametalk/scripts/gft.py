@@ -64,6 +64,8 @@ COMMANDS = (
             "LPIPS, Sync, Stability", "pipeline.benchmark", "BenchmarkConfig", positional=("subjects",)),
     Command("batch", "run many clips (a YAML/CSV manifest) through the stages as Ray tasks, resumable, one results "
             "table (ROOT/batch.md)", "pipeline.batch", "BatchConfig", positional=("manifest",)),
+    Command("view", "look at a SUBJECT's avatar in the browser (viser): head-model sliders, sequence playback",
+            "pipeline.view", "ViewConfig", positional=("subject",)),
     Command("import-vhap", "turn a VHAP-exported monocular sequence (transforms.json, flame_param/) into a SUBJECT",
             "interop.vhap", "ImportVhapConfig", run="main_import", positional=("folder",)),
     Command("export-vhap", "write a FLAME-tracked SUBJECT in VHAP's export layout (GaussianAvatars trains on it)",
@@ -95,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     name = args._command.name
     try:
         config = dataclass_from_args(args._config, args)
-    except ValueError as e:  # a config's own validation: refused before any work, as a usage error
+    except ValueError as e:  # a config's own validation (an option out of range, a bad choice): before any work
         if debug:
             traceback.print_exc()
-        parser.error(f"{name}: {e}")
+        print(f"gft {name}: error: {one_line(e)}", file=sys.stderr)
+        return 2
     try:
         return args._run(config)
     except EXPECTED_ERRORS as e:

@@ -1,0 +1,131 @@
+"""`gft view` in a real browser: the viewer serves a briefly trained synthetic avatar, a headless Chromium loads the
+page (WebGL through SwiftShader), the jaw slider is moved with the keyboard in the page, and the screenshots are
+checked: not blank, and different where the mouth is once the jaw has moved. Skipped without Chromium or viser."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from browser import Browser, find_chromium
+from gaussian_flametalk.avatar.train import AvatarConfig, train_avatar
+from gaussian_flametalk.pipeline.view import ViewConfig, expression_groups, load_viewer
+from gaussian_flametalk.headmodel import make_synthetic_head
+from gaussian_flametalk.scripts.gft import main as gft_main
+from test_avatar import make_subject
+
+FOCUS_SLIDER = """(() => {
+  const label = %r;
+  const s = Array.from(document.querySelectorAll('[role=slider]')).find(e => {
+    for (let a = e, i = 0; a && i < 8; a = a.parentElement, i++)
+      if ((a.innerText || '').split('\\n')[0].trim() === label) return true;
+    return false;
+  });
+  if (!s) return false;
+  s.focus();
+  return document.activeElement === s;
+})()"""
+CLICK = """(() => {
+  const [selector, label] = [%r, %r];
+  const el = Array.from(document.querySelectorAll(selector)).find(e => {
+    for (let a = e, i = 0; a && i < 8; a = a.parentElement, i++)
+      if ((a.innerText || '').split('\\n')[0].trim().startsWith(label)) return true;
+    return false;
+  });
+  if (!el) return false;
+  el.click();
+  return true;
+})()"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def demo_avatar(tmp_path_factory):
+    root = make_subject(tmp_path_factory.mktemp("view") / "S", n=12, size=96)
+    train_avatar(AvatarConfig(subject=root, iterations=30, resolution=96, progress=False, regions=(), sh_degree=0,
+                              densify_every=0, opacity_resets=0, grid_frames=1))
+    return root
+
+
+def test_expression_groups_follow_the_landmarks_they_move():
+    model = make_synthetic_head()
+    groups = expression_groups(model, torch.zeros(1, model.n_shape))
+    names = {g: {model.expression_names[k] for k in ks} for g, ks in groups.items()}
+    assert sorted(k for ks in groups.values() for k in ks) == list(range(model.n_expression))
+    assert {"smile", "pucker"} <= names["mouth"] and {"blink_left", "blink_right"} <= names["eyes"]
+    assert {"brow_raise", "brow_lower"} <= names["brows"]
+
+
+def test_bad_options(demo_avatar, tmp_path, capsys):
+    with pytest.raises(ValueError, match="--params and --drive"):
+        ViewConfig(subject=demo_avatar, params=tmp_path / "a.npz", drive=tmp_path / "b.npz", device="cpu")
+    assert gft_main(["view", str(demo_avatar), "--params", str(tmp_path / "missing.npz"), "--device", "cpu"]) == 2
+    assert "missing.npz: parameter file not found" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no chromium (apt-get install chromium)")
+def test_viewer_in_headless_chromium(demo_avatar, tmp_path):
+    pytest.importorskip("viser")
+    pytest.importorskip("websockets")
+    import cv2
+
+    viewer = load_viewer(ViewConfig(subject=demo_avatar, device="cpu"))
+    url = viewer.start("127.0.0.1", _free_port())
+    try:
+        with Browser(url, 1000, 700) as page:
+            page.call("Emulation.setDeviceMetricsOverride", width=1000, height=700, deviceScaleFactor=1, mobile=False)
+            _wait(lambda: viewer.server.get_clients(), 60, "the page to connect")
+            _wait(lambda: page.evaluate(FOCUS_SLIDER % "jaw"), 60, "the panel")
+            panel_left = int(page.evaluate("document.querySelector('[role=slider]').getBoundingClientRect().left"))
+            # the canvas left of the panel: wait until the splats are drawn (the page is white before)
+            view = lambda: page.screenshot()[:, : panel_left - 20]  # noqa: E731
+            _wait(lambda: view().std() > 10, 60, "the splats to be drawn")
+            time.sleep(1.0)
+            before = view()
+            cv2.imwrite(str(tmp_path / "before.png"), before[..., ::-1])
+            assert (before < 200).any(axis=-1).mean() > 0.02  # the avatar covers part of the view, not blank
+
+            # move the jaw slider in the page: focus it and press End (its maximum), as a keyboard user would
+            jaw = viewer.sliders["jaw"]
+            assert page.evaluate(FOCUS_SLIDER % "jaw")
+            page.press("End", 35)
+            _wait(lambda: jaw.value == pytest.approx(jaw.max), 20, "the jaw slider to reach the server")
+            time.sleep(2.0)
+            after = view()
+            cv2.imwrite(str(tmp_path / "after.png"), after[..., ::-1])
+            changed = np.abs(after.astype(int) - before.astype(int)).max(-1) > 30
+            assert changed.mean() > 0.002, changed.mean()
+            ys, _ = np.nonzero(changed)
+            # the change is in the lower half of the head's extent on screen, where the jaw is
+            rows = np.nonzero((before < 200).any(-1).any(1))[0]
+            assert np.median(ys) > (rows.min() + rows.max()) / 2
+
+            # the project's rasterizer renders the browser's current view, on a button press in the page
+            assert page.evaluate(CLICK % ("button", "render this view"))
+            _wait(lambda: viewer.last_render is not None, 30, "the gft render")
+            img = viewer.last_render
+            assert img.shape[0] == 96 and (img < 200).any(-1).mean() > 0.02
+
+            # playback: the play checkbox advances the frame slider
+            assert page.evaluate(CLICK % ("input[type=checkbox]", "play"))
+            _wait(lambda: viewer.frame.value > 0, 20, "playback")
+            assert viewer.play.value
+    finally:
+        viewer.stop()
