@@ -7,7 +7,8 @@ nested dataclass, whose fields become ``--group.field-name`` options in a help g
 
 Validation happens when the config is made (:func:`validate`, called from each config's ``__post_init__``), so a
 bad value fails before any work starts, from the command line and from Python alike, naming the option and what it
-allows. ``device="auto"`` (every stage's default) resolves to CUDA when torch sees a GPU, else the CPU
+allows. A numeric field states its range in its metadata: ``"min"`` / ``"max"`` (inclusive), ``"above"`` / ``"below"``
+(exclusive), e.g. ``field(default=256, metadata={"help": "...", "min": 16})``; the range is shown in ``--help``. ``device="auto"`` (every stage's default) resolves to CUDA when torch sees a GPU, else the CPU
 (:func:`resolve_device`).
 """
 
@@ -23,7 +24,30 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["add_dataclass_args", "config_to_dict", "dataclass_from_args", "flag_name", "resolve_device", "validate"]
+__all__ = ["add_dataclass_args", "config_to_dict", "dataclass_from_args", "flag_name", "range_text", "resolve_device",
+           "validate"]
+
+#: metadata key -> (comparison that must hold, how it reads)
+_BOUNDS = {
+    "min": (lambda v, b: v >= b, ">="),
+    "above": (lambda v, b: v > b, ">"),
+    "max": (lambda v, b: v <= b, "<="),
+    "below": (lambda v, b: v < b, "<"),
+}
+
+
+def range_text(metadata: typing.Mapping[str, Any]) -> str:
+    """The allowed range a field's metadata states, e.g. ``">= 1"`` or ``"> 0 and <= 1"`` ("" when none)."""
+    return " and ".join(f"{word} {metadata[key]:g}" for key, (_, word) in _BOUNDS.items() if key in metadata)
+
+
+def _check_range(f: dataclasses.Field, value: Any, prefix: str) -> None:
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if v != v or not all(ok(v, f.metadata[key]) for key, (ok, _) in _BOUNDS.items() if key in f.metadata):
+            raise ValueError(f"{flag_name(f.name, prefix)}: {v!r} is out of range (allowed: {range_text(f.metadata)})")
 
 
 def _unwrap(tp: Any) -> tuple[Any, bool]:
@@ -63,6 +87,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, positional: t
     for f in dataclasses.fields(cls):
         tp, optional = _unwrap(hints[f.name])
         help_text = f.metadata.get("help", "")
+        if range_text(f.metadata):
+            help_text = f"{help_text} ({range_text(f.metadata)})" if help_text else range_text(f.metadata)
         has_default, default = _default(f)
         dest = (prefix + f.name).replace(".", "__")
         if _is_config(tp):
@@ -112,8 +138,9 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace, prefix: str = ""
 
 
 def validate(config: Any, prefix: str = "") -> None:
-    """Check every ``Literal`` field of a config (and of its nested configs) against its allowed values; a ValueError
-    naming the option and the allowed values otherwise."""
+    """Check every ``Literal`` field of a config (and of its nested configs) against its allowed values and every
+    numeric field against the range its metadata states; a ValueError naming the option, the value and what is
+    allowed otherwise."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         tp, optional = _unwrap(hints[f.name])
@@ -127,6 +154,8 @@ def validate(config: Any, prefix: str = "") -> None:
             if value not in choices and not (optional and value is None):
                 raise ValueError(f"{flag_name(f.name, prefix)}: {value!r} is not one of "
                                  f"{', '.join(repr(c) for c in choices)}")
+        elif range_text(f.metadata):
+            _check_range(f, value, prefix)
 
 
 def resolve_device(spec: str, option: str = "--device") -> str:

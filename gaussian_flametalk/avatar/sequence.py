@@ -199,7 +199,7 @@ class RenderAvatarConfig:
     params: Path = field(metadata={"help": "npz of per-frame head parameters (HeadParams fields)"})
     out: Path = field(metadata={"help": "output mp4"})
     avatar: Path | None = field(default=None, metadata={"help": "avatar folder (default SUBJECT/avatar)"})
-    resolution: int | None = field(default=None, metadata={"help": "output size (default: training resolution)"})
+    resolution: int | None = field(default=None, metadata={"min": 16, "help": "output size (default: training resolution)"})
     audio: Path | None = field(default=None, metadata={"help": "wav to mux as the sound"})
     device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})

@@ -68,7 +68,7 @@ class EvalConfig:
     out: Path = field(metadata={"help": "output folder (metrics.json, plots, summary.md)"})
     reference: Path | None = field(default=None, metadata={
         "help": "the real video of the same frames: reference-relative stability, LMD, PSNR/SSIM/LPIPS"})
-    reference_start: float = field(default=0.0, metadata={
+    reference_start: float = field(default=0.0, metadata={"min": 0, 
         "help": "seconds into the reference where the videos' first frame is"})
     audio: Path | None = field(default=None, metadata={
         "help": "speech for lip sync (any audio or video file; default: each video's own sound)"})
@@ -79,11 +79,11 @@ class EvalConfig:
         "help": "predicted parameters (drive / train-talk npz with expression, jaw), one per video: LVE, FDD, FFE"})
     tracked: Path | None = field(default=None, metadata={"help": "the SUBJECT whose tracked parameters --params "
                                                                  "are compared with"})
-    params_start: int | None = field(default=None, metadata={
+    params_start: int | None = field(default=None, metadata={"min": 0, 
         "help": "SUBJECT frame of the first predicted frame when the npz has no 'frames' (default: first test frame)"})
-    cutoff_hz: float = field(default=5.0, metadata={"help": "stability: H_f counts the power above this frequency"})
-    max_offset: int = field(default=15, metadata={"help": "lip sync: largest audio offset searched (frames)"})
-    max_mismatch: float = field(default=0.1, metadata={
+    cutoff_hz: float = field(default=5.0, metadata={"above": 0, "help": "stability: H_f counts the power above this frequency"})
+    max_offset: int = field(default=15, metadata={"min": 0, "help": "lip sync: largest audio offset searched (frames)"})
+    max_mismatch: float = field(default=0.1, metadata={"min": 0, 
         "help": "largest relative difference of duration and of frame rate between a video and the reference that is "
                 "aligned (resampled, trimmed); more is refused"})
     detector: str = field(default="mediapipe", metadata={"help": "landmark detector: mediapipe or face-alignment"})

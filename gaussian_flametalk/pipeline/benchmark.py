@@ -70,7 +70,7 @@ class BenchmarkConfig:
     syncnet: Path | None = field(default=None, metadata={"help": "SyncNet weights (syncnet_v2.model): Sync column"})
     lpips_weights: Path | None = field(default=None, metadata={
         "help": "folder with the LPIPS weights (see gft eval --lpips-weights): LPIPS column"})
-    resolution: int | None = field(default=None, metadata={"help": "render size (default: the avatar's)"})
+    resolution: int | None = field(default=None, metadata={"min": 16, "help": "render size (default: the avatar's)"})
     device: str = field(default="auto", metadata={"help": "torch device: auto, cpu, cuda, cuda:N"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 

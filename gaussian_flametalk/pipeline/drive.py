@@ -64,7 +64,7 @@ class DriveConfig:
         "help": "speaking style from this SUBJECT folder or motion npz (a FlameTalk trained with --ptalker)"})
     avatar: Path | None = field(default=None, metadata={"help": "avatar folder (default SUBJECT/avatar)"})
     mode: str = field(default="autoregressive", metadata={"help": "FlameTalk inference: autoregressive or parallel"})
-    resolution: int | None = field(default=None, metadata={"help": "render size (default: the avatar's training "
+    resolution: int | None = field(default=None, metadata={"min": 16, "help": "render size (default: the avatar's training "
                                                                     "resolution)"})
     full_frame: bool | None = field(default=None, metadata={
         "help": "paste the rendered crop back into the original video frames at their resolution (default: on when "

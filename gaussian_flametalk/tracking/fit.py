@@ -53,19 +53,19 @@ RIGID_LANDMARKS = (0, 1, 2, 14, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 
 class FitConfig:
     """Options of the landmark fitter (also ``gft track`` options)."""
 
-    focal_init: float | None = field(default=None, metadata={"help": "initial focal length in pixels of the crop (default: 2.0 x crop size)"})
+    focal_init: float | None = field(default=None, metadata={"above": 0, "help": "initial focal length in pixels of the crop (default: 2.0 x crop size)"})
     optimize_focal: bool = field(default=True, metadata={"help": "estimate the focal length (else keep focal_init)"})
-    camera_distance: float = field(default=1.0, metadata={"help": "camera z in the head model's world (metres)"})
-    rigid_iters: int = field(default=50, metadata={"help": "Levenberg-Marquardt iterations of the rigid stage"})
-    full_iters: int = field(default=20, metadata={"help": "Levenberg-Marquardt iterations of the full stage"})
-    smooth_iters: int = field(default=100, metadata={"help": "L-BFGS iterations of the smoothing stage"})
-    robust_scale: float = field(default=0.05, metadata={"help": "pseudo-Huber scale of landmark residuals, in inter-ocular distances"})
-    w_shape: float = field(default=1e-7, metadata={"help": "prior weight on shape coefficients"})
-    w_expression: float = field(default=1e-5, metadata={"help": "prior weight on expression coefficients"})
-    w_jaw_neck: float = field(default=1e-3, metadata={"help": "prior weight on jaw and neck rotations (radians)"})
-    w_focal: float = field(default=1e-6, metadata={"help": "prior weight on log(focal / focal_init)"})
-    w_smooth_rigid: float = field(default=0.5, metadata={"help": "weight of the acceleration of the rigidly moving head's 3D landmarks (IODs per frame^2)"})
-    w_smooth_motion: float = field(default=0.05, metadata={"help": "weight of the acceleration of the non-rigid 3D landmark motion (IODs per frame^2)"})
+    camera_distance: float = field(default=1.0, metadata={"above": 0, "help": "camera z in the head model's world (metres)"})
+    rigid_iters: int = field(default=50, metadata={"min": 0, "help": "Levenberg-Marquardt iterations of the rigid stage"})
+    full_iters: int = field(default=20, metadata={"min": 0, "help": "Levenberg-Marquardt iterations of the full stage"})
+    smooth_iters: int = field(default=100, metadata={"min": 0, "help": "L-BFGS iterations of the smoothing stage"})
+    robust_scale: float = field(default=0.05, metadata={"above": 0, "help": "pseudo-Huber scale of landmark residuals, in inter-ocular distances"})
+    w_shape: float = field(default=1e-7, metadata={"min": 0, "help": "prior weight on shape coefficients"})
+    w_expression: float = field(default=1e-5, metadata={"min": 0, "help": "prior weight on expression coefficients"})
+    w_jaw_neck: float = field(default=1e-3, metadata={"min": 0, "help": "prior weight on jaw and neck rotations (radians)"})
+    w_focal: float = field(default=1e-6, metadata={"min": 0, "help": "prior weight on log(focal / focal_init)"})
+    w_smooth_rigid: float = field(default=0.5, metadata={"min": 0, "help": "weight of the acceleration of the rigidly moving head's 3D landmarks (IODs per frame^2)"})
+    w_smooth_motion: float = field(default=0.05, metadata={"min": 0, "help": "weight of the acceleration of the non-rigid 3D landmark motion (IODs per frame^2)"})
 
 
 @dataclass

@@ -11,6 +11,7 @@ re-run reuses a finished detection pass found there.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from ..config import config_to_dict, resolve_device, validate
 from ..headmodel import HeadModel, load_head_model
 from ..atomic import write_json
-from ..io.media import VideoInfo, extract_audio, iter_frames, probe_video, write_video
+from ..io.media import VideoError, VideoInfo, extract_audio, iter_frames, probe_video, write_video
 from ..io.lock import stage_lock
 from ..io.meta import StageMeta, package_versions
 from ..io.subject import SubjectWriter
@@ -42,9 +43,9 @@ class TrackConfig(FitConfig):
     video: Path = field(metadata={"help": "input video (mp4, mov, mkv, webm; h264, hevc, vp9)"})
     out: Path = field(metadata={"help": "SUBJECT folder to create"})
     head_model: str = field(default="ict", metadata={"help": "flame:PATH | ict:PATH | synthetic (flame/ict alone read GFT_FLAME/GFT_ICT)"})
-    n_shape: int | None = field(default=None, metadata={"help": "identity components to fit (default: FLAME 300, all ICT modes)"})
-    fps: float = field(default=25.0, metadata={"help": "frame rate to resample the video to"})
-    resolution: int = field(default=512, metadata={"help": "side of the square output frames in pixels"})
+    n_shape: int | None = field(default=None, metadata={"min": 0, "help": "identity components to fit (default: FLAME 300, all ICT modes)"})
+    fps: float = field(default=25.0, metadata={"above": 0, "help": "frame rate to resample the video to"})
+    resolution: int = field(default=512, metadata={"min": 64, "help": "side of the square output frames in pixels"})
     detector: Literal["mediapipe", "face-alignment"] = field(default="mediapipe", metadata={
         "help": "landmark detector (face-alignment downloads its weights on first use)"})
     device: str = field(default="auto", metadata={
@@ -119,9 +120,17 @@ def track(cfg: TrackConfig) -> Path:
     t_all = time.perf_counter()
     # Fail early on bad input, before writing anything.
     info = probe_video(cfg.video)
+    n_frames = info.duration * cfg.fps if math.isfinite(info.duration) else 0.0
+    if not n_frames >= MIN_FRAMES:
+        raise VideoError(f"{cfg.video}: {n_frames:.0f} frame(s) at {cfg.fps:g} fps; tracking needs a video of at least "
+                         f"{MIN_FRAMES} frames (a still image or a one-frame clip is not a talking-head video)")
     model = load_head_model(cfg.head_model, n_shape=cfg.n_shape).to(torch.device(cfg.device))
     with stage_lock(out, "track"):
         return _track(cfg, out, info, model, t_all)
+
+
+#: the shortest clip ``gft track`` accepts, in frames at the target fps (its last 20 % are the avatar's test split)
+MIN_FRAMES = 10
 
 
 def _track(cfg: TrackConfig, out: Path, info: VideoInfo, model: HeadModel, t_all: float) -> Path:
