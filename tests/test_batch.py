@@ -14,6 +14,7 @@ import pytest
 from gaussian_flametalk.io.media import ffmpeg_exe
 from gaussian_flametalk.pipeline.batch import BatchConfig, batch, make_plan
 from gaussian_flametalk.pipeline.batch_exec import parse_resources, ray_available
+from gaussian_flametalk.pipeline.batch_stages import finished_meta
 from gaussian_flametalk.pipeline.manifest import ManifestError, read_manifest
 
 #: stage settings that keep a 2.5 s clip's chain to seconds (the real code paths, small sizes)
@@ -161,3 +162,26 @@ def test_ray_batch_two_good_clips_one_corrupt_and_a_rerun_that_does_nothing(shar
     assert again["prior"]["status"] == "reused"
     assert {p: p.stat().st_mtime_ns for p in marks} == marks  # nothing was rewritten
     assert t_again < t_first / 2
+
+
+def test_a_finished_batch_starts_nothing_and_reuses_every_stage(tmp_path):
+    """Finished stages are recognised by their valid meta.json alone (a prior included): nothing is submitted, so no
+    executor is even started, and the figures come back from the metas."""
+    m = _yaml(tmp_path / "m.yaml", [{"video": "a.mp4"}, {"video": "b.mp4"}], {"head_model": "synthetic"})
+    root = tmp_path / "root"
+    for name in ("a", "b"):
+        (root / name / "talk").mkdir(parents=True)
+        (root / name / "meta.json").write_text(json.dumps({"stage": "track", "figures": {"reprojection_error_iod": 0.02}}))
+        (root / name / "talk" / "meta.json").write_text(json.dumps({"stage": "train-talk", "test": {
+            name: {"lve_mm": 1.5, "baseline_lve_mm": 2.0}}}))
+    (root / "talk-prior").mkdir()
+    (root / "talk-prior" / "meta.json").write_text(json.dumps({"stage": "train-talk", "subjects": ["a", "b"]}))
+    result = batch(BatchConfig(manifest=m, out=root, stages="track,train-talk-prior,train-talk", progress=False))
+    assert result["mode"] == "nothing to run" and result["prior"]["status"] == "reused"
+    for c in result["clips"]:
+        assert c["status"] == "done" and {s["status"] for s in c["stages"].values()} == {"reused"}
+        assert c["figures"]["tracking_error_iod"] == 0.02 and c["figures"]["talk_lve_mm"] == 1.5
+    (root / "a" / "talk" / "meta.json").write_text("{not json")  # a torn meta is not a finished stage
+    plan = make_plan(BatchConfig(manifest=m, out=root, stages="train-talk", head_model="synthetic"))
+    assert finished_meta("train-talk", plan.tasks[("a", "train-talk")].marker) is None
+    assert finished_meta("train-talk", plan.tasks[("b", "train-talk")].marker) is not None

@@ -253,10 +253,16 @@ class Batch:
             cell.status, cell.since = "running", time.perf_counter()
             self.table.event(task.key, cell)
 
-    def run(self) -> dict:
+    def advance_all(self) -> None:
+        """Submit whatever can run now (the prior, once ready, lets the clips' train-talk go)."""
         for clip in self.plan.clips:
             self.advance(clip.name)
         self.advance_prior()
+        for clip in self.plan.clips:
+            self.advance(clip.name)
+
+    def run(self) -> dict:
+        self.advance_all()
         self.write_reports()
         while self.executor is not None and self.executor.busy():
             self.table.draw(self)
@@ -264,9 +270,7 @@ class Batch:
             for outcome in outcomes:
                 self.record(outcome)
             if outcomes:
-                self.advance_prior()
-                for clip in self.plan.clips:
-                    self.advance(clip.name)
+                self.advance_all()
                 self.write_reports()
         self.table.draw(self, final=True)
         return self.write_reports()

@@ -134,8 +134,9 @@ def _cpu_seconds() -> float:
 
 
 class _Redirect:
-    """Send this process's stdout and stderr (file descriptors 1 and 2: Python, tqdm, C libraries, ffmpeg) to a
-    log file while a task runs, and restore them after."""
+    """Send this process's output to a log file while a task runs, and restore it after: file descriptors 1 and 2
+    (C libraries, subprocesses) and Python's ``sys.stdout`` / ``sys.stderr`` (which an embedding program, pytest
+    say, may have pointed elsewhere)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -145,14 +146,16 @@ class _Redirect:
         sys.stdout.flush()
         sys.stderr.flush()
         self.saved = (os.dup(1), os.dup(2))
+        self.streams = (sys.stdout, sys.stderr)
         self.fh = open(self.path, "a", buffering=1)
         os.dup2(self.fh.fileno(), 1)
         os.dup2(self.fh.fileno(), 2)
+        sys.stdout = sys.stderr = self.fh
         return self
 
     def __exit__(self, *exc: object) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        self.fh.flush()
+        sys.stdout, sys.stderr = self.streams
         os.dup2(self.saved[0], 1)
         os.dup2(self.saved[1], 2)
         for fd in self.saved:
