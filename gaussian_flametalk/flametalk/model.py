@@ -6,7 +6,8 @@ size (``HeadModel.motion_dim``: expression coefficients, then the jaw axis-angle
     feats (B, 2T, A) --audio_proj--> memory (B, 2T, d)
     history (B, T, M) (row t = motion of frame t-1, row 0 the start token) --motion_in--> O_v (B, T, d)
     template (B, V, 3) --StyleEncoder--> S (B, d);  O_sv = S + O_v;  PPE(O_sv)
-    (with PTalker, ``spec.ptalker``: S is replaced by s = s_a + s_m + s_p, see :mod:`.ptalker`)
+    (with PTalker, ``spec.ptalker``, eq. 16 of the paper: S is replaced by s = s_a + s_m + s_p and the content codes
+    c = E_m^c(E_G(history)) (B, T, d) are added, O_sv = s + O_v + c; see :mod:`.ptalker`)
     TransformerDecoder(PPE(O_sv), memory, tgt_mask = biased causal mask, memory_mask = alignment mask) (B, T, d)
     --motion_out--> motion (B, T, M)   (motion is normalised by the training set's mean/std inside the model)
 
@@ -115,9 +116,11 @@ class FlameTalkSpec:
     dropout: float = 0.1
     ptalker: bool = False
     n_subjects: int = 0
-    gat_points: int = 256
+    gat_points: int = 128
     gat_layers: int = 2
     style_frames: int = 50
+    speaker_encoder: str = ""
+    emotion_encoder: str = ""
 
 
 @contextmanager
@@ -148,8 +151,8 @@ class FlameTalk(nn.Module):
             if head is None:
                 raise ValueError("a PTalker FlameTalk needs the head model (its mesh is the mesh encoder's graph)")
             self.ptalker = PTalkerStyle(spec.motion_dim, spec.audio_dim, d, spec.heads, spec.dropout,
-                                        spec.n_subjects, head.faces, head.template, spec.gat_points, spec.gat_layers,
-                                        spec.style_frames)
+                                        spec.n_subjects, head, spec.gat_points, spec.gat_layers, spec.style_frames,
+                                        spec.speaker_encoder, spec.emotion_encoder)
         else:
             self.style = StyleEncoder(spec.n_vertices, d)
         self.motion_in = nn.Linear(spec.motion_dim, d)
@@ -173,8 +176,8 @@ class FlameTalk(nn.Module):
     def base_style(self, template: torch.Tensor, subject: int | None = None, reference: torch.Tensor | None = None
                    ) -> torch.Tensor:
         """The speaker's style before the audio, (B, d) for templates (B, V, 3): S of the template, or with PTalker
-        s_p + s_m: s_p of the template and training-subject index ``subject`` (None: an unseen subject), s_m of the
-        ``reference`` motion clip (T, M) of the speaker (required)."""
+        s_p + s_m: s_p of training-subject index ``subject`` (None: an unseen subject), s_m of the ``reference``
+        motion clip (T, M) of the speaker (required)."""
         if not self.spec.ptalker:
             if subject is not None or reference is not None:
                 raise ValueError("this FlameTalk was trained without --ptalker: it takes no subject index or style "
@@ -187,30 +190,45 @@ class FlameTalk(nn.Module):
                              f"{tuple(reference.shape)}")
         b = template.shape[0]
         idx = torch.full((b,), -1 if subject is None else int(subject), dtype=torch.long, device=template.device)
-        s_m = self.ptalker.reference_style(self.normalise(reference.to(template)))
-        return self.ptalker.personal_style(template, idx) + s_m
+        return self.ptalker.identity(idx) + self.ptalker.reference_style(reference.to(template))
 
-    def window_style(self, base: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """The style that decodes features (B, 2T, A): ``base`` (B, d), plus the audio style s_a with PTalker."""
-        return base + self.ptalker.audio_style(feats) if self.spec.ptalker else base
+    def window_style(self, base: torch.Tensor, feats: torch.Tensor, wave: torch.Tensor | None = None,
+                     fps: float = 25.0) -> torch.Tensor:
+        """The style that decodes features (B, 2T, A): ``base`` (B, d), plus with PTalker the audio style s_a of the
+        features or (pretrained audio style encoders) of their waveform ``wave`` (B, S) at 16 kHz."""
+        return base + self.ptalker.audio_style(feats, wave, fps) if self.spec.ptalker else base
 
-    def forward(self, feats: torch.Tensor, style: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+    def history_input(self, history: torch.Tensor | None, b: int, t: int) -> torch.Tensor:
+        """The decoder's normalised history (B, T, M): row 0 the start token (the mean motion), rows t >= 1 the motion
+        of frame t - 1; all the mean motion when ``history`` is None."""
+        if history is None:
+            return self.motion_mean.new_zeros(b, t, self.spec.motion_dim)
+        hist = self.normalise(history)
+        return torch.cat([hist.new_zeros(b, 1, hist.shape[2]), hist[:, 1:]], dim=1)
+
+    def history_content(self, history: torch.Tensor | None, b: int, t: int) -> torch.Tensor:
+        """PTalker's motion content c_{1:T} = E_m^c(E_G(.)) of the decoder's history (:meth:`history_input`, back in
+        motion units): (B, T, d); c_t depends on history rows <= t only."""
+        return self.ptalker.content(self.motion_mean + self.motion_std * self.history_input(history, b, t))
+
+    def forward(self, feats: torch.Tensor, style: torch.Tensor, history: torch.Tensor | None,
+                content: torch.Tensor | None = None) -> torch.Tensor:
         """One parallel pass.
 
         Args:
             feats: (B, 2T, A) aligned audio features. style: (B, d), :meth:`window_style` of :meth:`base_style`.
             history: (B, T, M) motion of frames t-1 (row 0 is replaced by the start token); None = the mean motion.
+            content: PTalker only, (B, T, d) :meth:`history_content` of ``history`` when the caller has it already
+                (None: computed here).
         Returns:
             (B, T, M) motion.
         """
         b, n2, _ = feats.shape
         t = n2 // 2
-        if history is None:
-            hist = feats.new_zeros(b, t, self.spec.motion_dim)
-        else:
-            hist = self.normalise(history)
-            hist = torch.cat([hist.new_zeros(b, 1, hist.shape[2]), hist[:, 1:]], dim=1)
+        hist = self.history_input(history, b, t).to(feats)
         x = self.motion_in(hist) + style[:, None]  # O_sv = S + O_v
+        if self.spec.ptalker:  # eq. 16: the motion content of the history goes into the decoder too
+            x = x + (self.history_content(history, b, t) if content is None else content)
         x = x + periodic_positional_encoding(t, self.spec.dim, self.spec.period).to(x)
         tgt_mask = biased_causal_mask(t, self.spec.heads, self.spec.period).to(x).repeat(b, 1, 1)
         mem_mask = alignment_mask(t, n2).to(x)
@@ -283,7 +301,8 @@ class StreamingPredictor:
         wave = torch.from_numpy(self._samples(a, b))[None].to(self._param())
         with torch.no_grad(), eval_mode(self.model, self.encoder):
             feats = self.encoder(wave, end - start + 2 * c, self.fps)[:, 2 * c: 2 * (c + end - start)]
-            motion = self.model.generate(feats, self.model.window_style(self.style, feats), self.mode)[0]
+            motion = self.model.generate(feats, self.model.window_style(self.style, feats, wave, self.fps),
+                                         self.mode)[0]
         return motion.float().cpu().numpy()
 
     def _blend(self, start: int, motion: np.ndarray, first: bool, last: bool) -> None:

@@ -10,15 +10,16 @@ inference mode sees), Adam. Loss in millimetres on the vertices of ``loss_region
 velocity MSE (+ ``w_trend`` StyleSpeaker trend loss over ``trend_orders`` orders when > 0), against the augmented
 ground truth (see :mod:`.losses`).
 
-PTalker (``--ptalker``, two or more SUBJECTs; see :mod:`.ptalker`): the style is s = s_a + s_m + s_p, with s_m from
-another random clip (``style_frames`` frames) of the same subject and s_p from the subject's template and one-hot
-identity (hidden with probability ``identity_dropout``, which trains the unseen-subject path). Added losses, weighted
-by the ``w_*`` options: adversarial (subject classifier on the motion content codes behind gradient reversal),
-cosine similarity of the motion styles of the two clips of a subject, orthogonality of motion style and content,
-InfoNCE between the audio and motion styles of a clip, top-k bidirectional contrastive and KL between them, and
-InfoNCE between the per-frame motion content codes and the projected audio features of the same frames (the content
-codes' own task). Two stages: before iteration ``stage_switch`` the parameter groups in ``stage1_frozen`` are frozen;
-from it on everything trains (a resumed run is in the stage its iteration says).
+PTalker (``--ptalker``, two or more SUBJECTs; the paper's §3 as :mod:`.ptalker` maps it, options ``--pt.*`` in
+:class:`PTalkerOptions`): the decoder is eq. 16, D(a_{1:T}, c_{1:T}, s) with s = s_a + s_m + s_p: s_m from another
+random clip (``style_frames`` frames) of the same subject, s_p from the subject's one-hot identity (hidden with
+probability ``identity_dropout``, which trains the unseen-subject path), s_a from the clip's audio, c_{1:T} the motion
+content of the teacher-forced history through E_G and E_m^c. The loss is eq. 14, b1 L_motion (eq. 13: eqs. 10-12 on
+the ``loss_regions`` vertices, the mouth term on the lips) + b2 L_adv + b3 L_orth + b4 L_Info + b5 L_cts, plus
+b_cos L_cos (eq. 3). Two stages (§4.1): before iteration ``stage_switch`` the groups in ``stage1_frozen`` (default:
+the style encoders) are frozen, so only the content side and the classifier learn against each other; from it on
+everything trains (a resumed run is in the stage its iteration says). Training ends with a style-space picture,
+``style_space.png`` (PCA of per-clip style codes coloured by subject, as the paper's Fig. 4).
 
 A prior (``--init PRIOR``, issue 15): a run on several SUBJECTs is a reusable prior; ``gft train-talk NEW --init
 PRIOR`` starts from its weights (model and audio encoder; same head model, audio encoder and architecture, else a
@@ -30,7 +31,7 @@ machine). Test-split predictions are kept in the subject's tracked distribution 
 Outputs in OUT (default: the first SUBJECT's ``talk/``), each written atomically, ``meta.json`` last:
 ``checkpoint.pt`` (every ``checkpoint_every`` iterations and at the end; a re-run resumes, and continues exactly as
 an uninterrupted run would), ``test/<subject>.npz`` (test frames: ``frames``, ``motion_pred``, ``motion_true``,
-``expression``, ``jaw``), ``meta.json`` (config, versions, inputs, figures: test vertex error and LVE against the
+``expression``, ``jaw``), with ``--ptalker`` ``style_space.png``, ``meta.json`` (config, versions, inputs, figures: test vertex error and LVE against the
 mean-motion baseline, mouth-opening correlation, it/s).
 """
 
@@ -45,7 +46,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..atomic import save_npz, write_json
+from ..atomic import save_figure, save_npz, write_json
 from ..config import config_to_dict, resolve_device, validate
 from ..headmodel import HeadModel
 from ..io.lock import stage_lock
@@ -58,18 +59,74 @@ from .inference import subject_template
 from ..headmodel.motion import motion_from_params, motion_to_kwargs, motion_vertices, mouth_opening
 from ..metrics.motion import lip_vertex_error
 from .losses import trend_loss, velocity_loss, vertex_loss
-from .model import FlameTalk, FlameTalkSpec, predict
+from .model import FlameTalk, FlameTalkSpec, eval_mode, predict
 from .projection import MotionProjector
-from .ptalker import (adversarial_loss, infonce_loss, orthogonality_loss, style_kl_loss, style_similarity_loss,
-                      topk_contrastive_loss)
+from .ptalker import (adversarial_loss, contrastive_loss, info_loss, motion_loss, orthogonality_loss,
+                      style_similarity_loss)
 
-__all__ = ["STAGE_GROUPS", "TalkConfig", "TalkData", "evaluate_talk", "fit_talk", "load_subject_data", "main",
-           "train_talk"]
+__all__ = ["PTalkerOptions", "STAGE_GROUPS", "TalkConfig", "TalkData", "evaluate_talk", "fit_talk", "load_subject_data",
+           "main", "style_space", "train_talk"]
 
 #: Parameter groups ``--stage1-frozen`` can name: the audio encoder, the decoder (everything of FlameTalk outside the
 #: PTalker encoders) and the PTalker submodules.
-STAGE_GROUPS = ("audio_encoder", "decoder", "mesh", "identity", "motion_style", "motion_content", "audio_style",
+STAGE_GROUPS = ("audio_encoder", "decoder", "graph", "identity", "motion_style", "motion_content", "audio_style",
                 "classifier")
+
+
+@dataclass
+class PTalkerOptions:
+    """PTalker's options (``--pt.NAME``, used with ``--ptalker``); the weights carry the paper's symbols."""
+
+    style_frames: int = field(default=50, metadata={"help": "frames of a motion-style clip (training: another clip of "
+                                                           "the subject; inference: pieces of the reference)"})
+    identity_dropout: float = field(default=0.3, metadata={"help": "probability of hiding a clip's one-hot identity "
+                                                                   "(trains the unseen-subject path)"})
+    gat_points: int = field(default=128, metadata={"help": "E_G graph nodes (face-region vertex clusters)"})
+    gat_layers: int = field(default=2, metadata={"help": "E_G graph attention layers"})
+    speaker_encoder: str = field(default="", metadata={
+        "help": "E_a^s speaker-identification network W_s: a wav2vec2 hub id or local folder (e.g. "
+                "superb/wav2vec2-base-superb-sid); '' with no --pt.emotion-encoder either: the offline stand-in over "
+                "the audio encoder's features"})
+    emotion_encoder: str = field(default="", metadata={
+        "help": "E_a^s emotion network W_e: a wav2vec2 hub id or local folder (e.g. superb/wav2vec2-base-superb-er)"})
+    stage_switch: int = field(default=200, metadata={"help": "iteration where stage 2 (everything trainable) starts"})
+    stage1_frozen: tuple[str, ...] = field(default=("identity", "motion_style", "audio_style"), metadata={
+        "help": f"parameter groups frozen in stage 1 ({', '.join(STAGE_GROUPS)}); default the style encoders"})
+    alpha_rec: float = field(default=1.0, metadata={"help": "eq. 13 a1: reconstruction L_rec"})
+    alpha_mou: float = field(default=1.0, metadata={"help": "eq. 13 a2: mouth L_mou"})
+    alpha_vel: float = field(default=1.0, metadata={"help": "eq. 13 a3: velocity L_vel"})
+    beta_motion: float = field(default=1.0, metadata={"help": "eq. 14 b1: L_motion"})
+    beta_adv: float = field(default=0.1, metadata={"help": "eq. 14 b2: adversarial L_adv"})
+    beta_orth: float = field(default=0.1, metadata={"help": "eq. 14 b3: orthogonality L_orth"})
+    beta_info: float = field(default=0.1, metadata={"help": "eq. 14 b4: L_Info (eq. 5 as printed)"})
+    beta_cts: float = field(default=0.1, metadata={"help": "eq. 14 b5: L_cts = L_Top-k + L_KL"})
+    beta_cos: float = field(default=0.1, metadata={"help": "style similarity L_cos (eq. 3; not in eq. 14)"})
+    cos_weights: tuple[float, ...] = field(default=(1.0, 1.0, 1.0), metadata={
+        "help": "eq. 3 w1 w2 w3: (s_a, s_m), (s_a, s_p), (s_m, s_p)"})
+    grl_alpha: float = field(default=1.0, metadata={"help": "alpha_c, the gradient-reversal strength (eq. 1)"})
+    tau: float = field(default=0.1, metadata={"help": "temperature of L_Info and of the similarities of L_Top-k"})
+    topk: int = field(default=3, metadata={"help": "k of L_Top-k (eq. 6)"})
+    topk_alpha: float = field(default=1.0, metadata={"help": "eq. 6 alpha (positive weight)"})
+    topk_beta: float = field(default=1.0, metadata={"help": "eq. 6 beta (negative weight)"})
+    topk_lambda: float = field(default=0.5, metadata={"help": "eq. 7 lambda (audio->content share)"})
+
+    def __post_init__(self) -> None:
+        unknown = [g for g in self.stage1_frozen if g not in STAGE_GROUPS]
+        if unknown:
+            raise ValueError(f"unknown --pt.stage1-frozen groups {unknown} (choose from {', '.join(STAGE_GROUPS)})")
+        checks = [(self.style_frames >= 2, f"--pt.style-frames must be at least 2 (got {self.style_frames})"),
+                  (0 <= self.identity_dropout <= 1, f"--pt.identity-dropout must be in [0, 1] (got "
+                                                    f"{self.identity_dropout})"),
+                  (len(self.cos_weights) == 3, f"--pt.cos-weights takes three weights w1 w2 w3 (got "
+                                               f"{len(self.cos_weights)})"),
+                  (self.tau > 0, f"--pt.tau must be positive (got {self.tau})"),
+                  (self.topk >= 1, f"--pt.topk must be at least 1 (got {self.topk})"),
+                  (self.topk_beta > 0, f"--pt.topk-beta must be positive (got {self.topk_beta})"),
+                  (0 <= self.topk_lambda <= 1, f"--pt.topk-lambda must be in [0, 1] (got {self.topk_lambda})"),
+                  (self.gat_points >= 2, f"--pt.gat-points must be at least 2 (got {self.gat_points})")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
 
 @dataclass
@@ -114,27 +171,9 @@ class TalkConfig:
     device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-    ptalker: bool = field(default=False, metadata={"help": "PTalker style encoders and losses (2+ SUBJECTs): "
-                                                           "s = s_a + s_m + s_p instead of the template style"})
-    style_frames: int = field(default=50, metadata={"help": "PTalker: frames of a motion-style clip"})
-    identity_dropout: float = field(default=0.3, metadata={"help": "PTalker: probability of hiding a clip's one-hot "
-                                                                   "identity (trains the unseen-subject path)"})
-    gat_points: int = field(default=256, metadata={"help": "PTalker: mesh-encoder graph nodes (vertex clusters)"})
-    gat_layers: int = field(default=2, metadata={"help": "PTalker: graph attention layers"})
-    stage_switch: int = field(default=1000, metadata={"help": "PTalker: iteration where stage 2 (all trainable) "
-                                                              "starts"})
-    stage1_frozen: tuple[str, ...] = field(default=("audio_encoder",), metadata={
-        "help": f"PTalker: parameter groups frozen in stage 1 ({', '.join(STAGE_GROUPS)})"})
-    w_adversarial: float = field(default=0.1, metadata={"help": "PTalker: adversarial subject-classifier loss weight"})
-    grl_lambda: float = field(default=1.0, metadata={"help": "PTalker: gradient-reversal factor"})
-    w_style: float = field(default=0.1, metadata={"help": "PTalker: cosine style-similarity loss weight"})
-    w_orthogonal: float = field(default=0.1, metadata={"help": "PTalker: style/content orthogonality loss weight"})
-    w_mi: float = field(default=0.05, metadata={"help": "PTalker: audio/motion style InfoNCE loss weight"})
-    w_contrastive: float = field(default=0.05, metadata={"help": "PTalker: top-k bidirectional contrastive weight"})
-    w_kl: float = field(default=0.05, metadata={"help": "PTalker: audio/motion style KL divergence weight"})
-    w_content: float = field(default=0.05, metadata={"help": "PTalker: motion content / audio InfoNCE weight"})
-    topk: int = field(default=3, metadata={"help": "PTalker: hardest negatives in the contrastive loss"})
-    temperature: float = field(default=0.1, metadata={"help": "PTalker: temperature of InfoNCE, contrastive, KL"})
+    ptalker: bool = field(default=False, metadata={"help": "PTalker (2+ SUBJECTs): style/content disentanglement and "
+                                                           "three-level alignment, the --pt.* options"})
+    pt: PTalkerOptions = field(default_factory=PTalkerOptions, metadata={"help": "PTalker (--ptalker) options"})
 
     def __post_init__(self) -> None:
         validate(self)
@@ -240,13 +279,6 @@ def _check_ptalker(datas: list[TalkData], cfg: TalkConfig) -> None:
     if len(datas) < 2:
         raise ValueError(f"--ptalker learns speaking styles across subjects: give two or more SUBJECT folders "
                          f"(got {len(datas)})")
-    unknown = [g for g in cfg.stage1_frozen if g not in STAGE_GROUPS]
-    if unknown:
-        raise ValueError(f"unknown --stage1-frozen groups {unknown} (choose from {', '.join(STAGE_GROUPS)})")
-    if cfg.style_frames < 2:
-        raise ValueError(f"--style-frames must be at least 2 (got {cfg.style_frames})")
-    if not 0 <= cfg.identity_dropout <= 1:
-        raise ValueError(f"--identity-dropout must be in [0, 1] (got {cfg.identity_dropout})")
 
 
 def _stage_groups(model: FlameTalk, encoder: AudioEncoder) -> dict[str, list[torch.nn.Parameter]]:
@@ -259,33 +291,99 @@ def _stage_groups(model: FlameTalk, encoder: AudioEncoder) -> dict[str, list[tor
     return {name: [p for p in ps if p.requires_grad] for name, ps in groups.items()}
 
 
-def _ptalker_step(model: FlameTalk, feats: torch.Tensor, motion: torch.Tensor, reference: torch.Tensor,
-                  templates: torch.Tensor, labels: torch.Tensor, shown: torch.Tensor, cfg: TalkConfig
-                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PTalker style and losses of a batch.
+def _ptalker_terms(model: FlameTalk, feats: torch.Tensor, waves: torch.Tensor, motion: torch.Tensor,
+                   history: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor, shown: torch.Tensor, fps: float,
+                   opts: PTalkerOptions) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """PTalker's style, content and disentanglement / alignment losses of a batch (eqs. 1-9).
 
-    Args: feats (B, 2T, A); motion (B, T, M) the target clips; reference (B, T_r, M) other clips of the same
-    subjects; templates (B, V, 3); labels (B,) subject indices; shown (B,) the same with hidden identities -1.
-    Returns: style s = s_a + s_m(reference) + s_p (B, d) and the unweighted loss terms (scalars).
+    Args: feats (B, 2T, A) audio features; waves (B, S) their audio; motion (B, T, M) the target clips; history
+    (B, T, M) the decoder's teacher-forced history; reference (B, T_r, M) other clips of the same subjects; labels
+    (B,) subject indices; shown (B,) the same with hidden identities -1.
+    Returns: style s = s_a + s_m(reference) + s_p (B, d), content c_{1:T} (B, T, d) of the history, and the
+    unweighted terms "adv", "cos", "orth", "info", "cts" (scalars).
     """
     pt = model.ptalker
-    target = model.normalise(motion)
-    s_m_ref = pt.motion_style(model.normalise(reference))
-    s_m = pt.motion_style(target)
-    s_a = pt.audio_style(feats)
-    content = pt.motion_content(target)  # (B, T, d)
-    logits = pt.classifier(content, cfg.grl_lambda)  # (B, T, C)
-    audio_frames = model.audio_proj(feats).unflatten(1, (-1, 2)).mean(dim=2)  # (B, T, d), the frame's two features
+    b, t = motion.shape[:2]
+    content = model.history_content(history, b, t)  # c_{1:T} = E_m^c(E_G(M))
+    audio = model.audio_proj(feats).unflatten(1, (-1, 2)).mean(dim=2)  # a_{1:T} = E_a^c(chi), a frame's two features
+    s_m = pt.clip_style(motion)  # the target clip's motion style (the losses' s_m)
+    s_a = pt.audio_style(feats, waves, fps)
+    s_p = pt.identity(shown)
+    a_c, c_c = audio.mean(dim=1), content.mean(dim=1)  # time-averaged contents
     terms = {
-        "adversarial": adversarial_loss(logits.flatten(0, 1), labels.repeat_interleave(content.shape[1])),
-        "style": style_similarity_loss(s_m_ref, s_m),
-        "orthogonal": orthogonality_loss(s_m, content),
-        "mi": infonce_loss(s_a, s_m, cfg.temperature),
-        "contrastive": topk_contrastive_loss(s_a, s_m, cfg.topk, cfg.temperature),
-        "kl": style_kl_loss(s_a, s_m, cfg.temperature),
-        "content": infonce_loss(content.flatten(0, 1), audio_frames.flatten(0, 1), cfg.temperature),
+        "adv": (adversarial_loss(pt.classifier(a_c, opts.grl_alpha), labels)
+                + adversarial_loss(pt.classifier(c_c, opts.grl_alpha), labels)) / 2,
+        "cos": style_similarity_loss(s_a, s_m, s_p, tuple(opts.cos_weights)),
+        "orth": orthogonality_loss(audio, s_a) + orthogonality_loss(content, s_m),
+        "info": info_loss(s_a, a_c, opts.tau) + info_loss(s_m, c_c, opts.tau),
+        "cts": contrastive_loss(a_c, c_c, audio.flatten(0, 1), content.flatten(0, 1), k=opts.topk,
+                                alpha=opts.topk_alpha, beta=opts.topk_beta, lam=opts.topk_lambda,
+                                temperature=opts.tau),
     }
-    return s_a + s_m_ref + pt.personal_style(templates, shown), terms
+    return s_a + pt.clip_style(reference) + s_p, content, terms
+
+
+def _clip_style_codes(model: FlameTalk, encoder: AudioEncoder, d: TalkData, k: int, frames: int, ctx: int,
+                      clips: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Style codes of up to ``clips`` consecutive training clips of ``frames`` frames of subject ``d`` (training index
+    k): (s_a + s_m (n, d), s = s_a + s_m + s_p (n, d))."""
+    device = next(model.parameters()).device
+    n = max(min(clips, len(d.train_idx) // frames), 1)
+    size = min(frames, len(d.train_idx))
+    out_clip, out_full = [], []
+    for i in range(n):
+        s = int(d.train_idx[i * size])
+        wave = audio_clip(d.wave, s, s + size, ctx, d.fps).to(device)[None]
+        feats = encoder(wave, size + 2 * ctx, d.fps)[:, 2 * ctx: 2 * (ctx + size)]
+        s_am = model.ptalker.audio_style(feats, wave, d.fps) + model.ptalker.clip_style(
+            d.motion[s: s + size][None].to(device))
+        out_clip.append(s_am)
+        out_full.append(s_am + model.ptalker.identity(torch.tensor([k], device=device)))
+    return torch.cat(out_clip), torch.cat(out_full)
+
+
+def style_space(model: FlameTalk, encoder: AudioEncoder, datas: list[TalkData], path: Path, clips: int = 8
+                ) -> dict[str, float]:
+    """The paper's Fig. 4 for a PTalker model: per-clip style codes of every training subject (up to ``clips``
+    clips of ``style_frames`` training frames each) projected on their first two principal components, coloured by
+    subject, two panels: s_a + s_m (what the clip itself gives) and s = s_a + s_m + s_p. Written to ``path`` (PNG).
+    Returns the leave-one-out nearest-centroid accuracy of the subject in each space (1 = the subjects' clips cluster
+    apart), as ``{"clip_style_accuracy", "style_accuracy", "clips"}``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    ctx = _context_frames(encoder, datas[0].fps)
+    with torch.no_grad(), eval_mode(model, encoder):
+        codes = [_clip_style_codes(model, encoder, d, k, model.spec.style_frames, ctx, clips)
+                 for k, d in enumerate(datas)]
+    labels = np.concatenate([np.full(len(c[0]), k) for k, c in enumerate(codes)])
+    fig = Figure(figsize=(10, 4.5))
+    result: dict[str, float] = {"clips": int(len(labels))}
+    for j, (key, title) in enumerate((("clip_style_accuracy", "s_a + s_m (from the clip)"),
+                                      ("style_accuracy", "s = s_a + s_m + s_p"))):
+        x = torch.cat([c[j] for c in codes]).cpu().numpy().astype(np.float64)
+        xc = x - x.mean(axis=0)
+        u, sv, _ = np.linalg.svd(xc, full_matrices=False)
+        xy = u[:, :2] * sv[:2]
+        hits = 0
+        for i in range(len(x)):
+            others = np.arange(len(x)) != i
+            cents = {k: x[others & (labels == k)].mean(axis=0) for k in np.unique(labels[others])}
+            hits += int(min(cents, key=lambda k: np.linalg.norm(x[i] - cents[k])) == labels[i])
+        result[key] = hits / len(x)
+        ax = fig.add_subplot(1, 2, j + 1)
+        for k, d in enumerate(datas):
+            ax.scatter(xy[labels == k, 0], xy[labels == k, 1], s=30, label=d.name)
+        ax.set_title(f"{title}\nnearest-centroid accuracy {result[key]:.2f}")
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+        ax.legend(fontsize=8)
+    fig.suptitle("PTalker style space: per-clip codes, PCA, coloured by subject")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return result
 
 
 def read_prior(path: str | Path, spec: FlameTalkSpec, cfg: TalkConfig, head: HeadModel) -> dict:
@@ -340,8 +438,10 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
     encoder = load_encoder(cfg.audio_encoder, cfg.mel_dim).to(device)
     for d in datas:
         encoder.prepare(d.wave)
-    extra = dict(ptalker=True, n_subjects=len(datas), gat_points=cfg.gat_points, gat_layers=cfg.gat_layers,
-                 style_frames=cfg.style_frames) if cfg.ptalker else {}
+    pt = cfg.pt
+    extra = dict(ptalker=True, n_subjects=len(datas), gat_points=pt.gat_points, gat_layers=pt.gat_layers,
+                 style_frames=pt.style_frames, speaker_encoder=pt.speaker_encoder,
+                 emotion_encoder=pt.emotion_encoder) if cfg.ptalker else {}
     spec = FlameTalkSpec(head.motion_dim, encoder.dim, head.n_vertices, cfg.dim, cfg.heads, cfg.layers, 2,
                          cfg.period, cfg.dropout, **extra)
     model = FlameTalk(spec, head if cfg.ptalker else None).to(device)
@@ -352,8 +452,8 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
 
     def set_stage(it: int) -> int:
         """Freeze the stage-1 groups before ``stage_switch``, unfreeze them from it on; returns the stage."""
-        stage = 1 if it < cfg.stage_switch else 2
-        for name in cfg.stage1_frozen:
+        stage = 1 if it < pt.stage_switch else 2
+        for name in pt.stage1_frozen:
             for p in groups[name]:
                 p.requires_grad_(stage == 2)
         return stage
@@ -374,6 +474,9 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
     resumed_from, start = run.resumed_from, run.iteration
 
     ids = loss_vertex_ids(head, cfg.loss_regions).to(device)
+    if cfg.ptalker:  # eq. 13's vertices: the loss regions and the mouth (lips), positions in their union
+        union = torch.unique(torch.cat([ids, head.regions["lips"].to(device)]))
+        rec_pos, mouth_pos = torch.searchsorted(union, ids), torch.searchsorted(union, head.regions["lips"].to(device))
     for d in datas:
         if len(d.train_idx) < 2:
             raise ValueError(f"{d.name}: too few training frames ({len(d.train_idx)})")
@@ -383,7 +486,7 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
 
     def step(it: int) -> dict:
         stage = set_stage(it) if cfg.ptalker else None
-        feats, motion, hist, shapes, refs, labels = [], [], [], [], [], []
+        feats, motion, hist, shapes, refs, labels, waves = [], [], [], [], [], [], []
         for _ in range(cfg.batch_size):
             si = int(torch.randint(len(datas), (1,), generator=gen))
             d = datas[si]
@@ -399,10 +502,11 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
             motion.append(m)
             shapes.append(d)
             if cfg.ptalker:  # the motion-style clip: another random clip of the same subject's training frames
-                r_len = min(cfg.style_frames, n_train)
+                r_len = min(pt.style_frames, n_train)
                 r = int(torch.randint(n_train - r_len + 1, (1,), generator=gen))
                 refs.append(d.motion[r: r + r_len].to(device))
                 labels.append(si)
+                waves.append(wave)
         lengths = {len(m) for m in motion}
         if len(lengths) > 1:  # subjects with fewer training frames than seq_frames: crop to the shortest
             k = min(lengths)
@@ -412,10 +516,14 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
         if cfg.ptalker:
             r_len = min(len(r) for r in refs)
             truth = torch.tensor(labels, device=device)
-            hidden = (torch.rand(len(labels), generator=gen) < cfg.identity_dropout).to(device)
-            style, terms = _ptalker_step(model, torch.stack(feats), torch.stack(motion),
-                                         torch.stack([r[:r_len] for r in refs]), templates, truth,
-                                         torch.where(hidden, -1, truth), cfg)
+            hidden = (torch.rand(len(labels), generator=gen) < pt.identity_dropout).to(device)
+            w_len = min(len(w) for w in waves)
+            style, content, terms = _ptalker_terms(
+                model, torch.stack(feats), torch.stack([w[:w_len] for w in waves]), torch.stack(motion),
+                torch.stack(hist), torch.stack([r[:r_len] for r in refs]), truth, torch.where(hidden, -1, truth),
+                datas[0].fps, pt)
+            pred = model(torch.stack(feats), style, torch.stack(hist), content)
+            return _ptalker_update(pred, motion, shapes, terms, stage)
         else:
             style = model.style(templates)
         pred = model(torch.stack(feats), style, torch.stack(hist))
@@ -427,22 +535,31 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
             if cfg.w_trend > 0:
                 li = li + cfg.w_trend * trend_loss(vp, vt, cfg.trend_orders)
             loss = loss + li / len(shapes)
-        row: dict = {}
-        if cfg.ptalker:
-            weights = {"adversarial": cfg.w_adversarial, "style": cfg.w_style, "orthogonal": cfg.w_orthogonal,
-                       "mi": cfg.w_mi, "contrastive": cfg.w_contrastive, "kl": cfg.w_kl, "content": cfg.w_content}
-            row = {"stage": stage, "reconstruction": float(loss.item()),
-                   **{name: float(v.item()) for name, v in terms.items()}}
-            loss = loss + sum(weights[name] * v for name, v in terms.items())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return {"loss": float(loss.item()), **row}
+        return {"loss": float(loss.item())}
+
+    def _ptalker_update(pred: torch.Tensor, motion: list[torch.Tensor], shapes: list[TalkData],
+                        terms: dict[str, torch.Tensor], stage: int) -> dict:
+        """Eq. 14 on a PTalker batch, one optimiser step; the history row."""
+        vp = torch.cat([motion_vertices(head, pred[i: i + 1], d.shape.to(device), union) for i, d in enumerate(shapes)])
+        vt = torch.cat([motion_vertices(head, m[None], d.shape.to(device), union) for m, d in zip(motion, shapes)])
+        l_motion, parts = motion_loss(vp * 1000, vt * 1000, rec_pos, mouth_pos, (pt.alpha_rec, pt.alpha_mou,
+                                                                                pt.alpha_vel))
+        weights = {"adv": pt.beta_adv, "orth": pt.beta_orth, "info": pt.beta_info, "cts": pt.beta_cts,
+                   "cos": pt.beta_cos}
+        loss = pt.beta_motion * l_motion + sum(weights[k] * v for k, v in terms.items())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"loss": float(loss.item()), "stage": stage, "motion": float(l_motion.item()),
+                **{k: float(v.item()) for k, v in {**parts, **terms}.items()}}
 
     run = run_training(ckpt, run, cfg.iterations, step, lambda: objects, gen, checkpoint_every=cfg.checkpoint_every,
                        extra=lambda it: {"config": config_to_dict(cfg)}, desc="train-talk", progress=cfg.progress)
     if cfg.ptalker:
-        set_stage(cfg.stage_switch)  # leave every group trainable
+        set_stage(pt.stage_switch)  # leave every group trainable
     model.eval()
     encoder.eval()
     return model, encoder, {"history": run.history, "iterations_run": max(cfg.iterations - start, 0),
@@ -492,6 +609,7 @@ def _train_talk(cfg: TalkConfig, subjects: list[Subject], head: HeadModel, datas
         save_npz(out / "test" / f"{name}.npz", frames=frames, motion_pred=pred, motion_true=d.motion[frames].numpy(),
                  expression=kw["expression"].numpy(), jaw=kw.get("jaw", torch.zeros(len(pred), 3)).numpy())
         results[name] = {"subject": str(subject.root), **figures}
+    space = style_space(model, encoder, datas, out / "style_space.png") if cfg.ptalker else None
     meta = {
         "stage": "train-talk",
         "config": config_to_dict(cfg),
@@ -507,6 +625,7 @@ def _train_talk(cfg: TalkConfig, subjects: list[Subject], head: HeadModel, datas
         "it_per_s": info["iterations_run"] / max(info["train_seconds"], 1e-9) if info["resumed_from"] is None else None,
         "final_loss": info["history"][-1]["loss"] if info["history"] else None,
         "test": results,
+        **({"style_space": space} if space is not None else {}),
     }
     write_json(out / "meta.json", meta)
     return meta
