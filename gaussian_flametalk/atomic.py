@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "jsonable", "save_figure", "save_npz", "save_png", "save_torch", "temp_path",
+from .errors import GftError
+
+__all__ = ["atomic_write", "ensure_writable", "jsonable", "save_figure", "save_npz", "save_png", "save_torch", "temp_path",
            "write_json", "write_text"]
 
 
@@ -28,6 +31,28 @@ def temp_path(final: str | os.PathLike, suffix: str | None = None) -> Path:
     (or ``suffix``) so that tools choosing a format by extension (ffmpeg, OpenCV) still do."""
     final = Path(final)
     return final.with_name(f".{final.stem}.tmp-{uuid.uuid4().hex[:8]}{suffix if suffix is not None else final.suffix}")
+
+
+def ensure_writable(folder: str | os.PathLike, need_bytes: int = 0) -> Path:
+    """Check, before a long run, that ``folder`` can be created and written and has about ``need_bytes`` free.
+
+    Creates ``folder`` (and its parents), writes and removes a probe file (so a read-only mount or a folder without
+    write permission is found even for root, whom ``os.access`` does not refuse), and compares ``need_bytes`` with the
+    free space. Raises :class:`~gaussian_flametalk.errors.GftError` with one line naming the folder and the problem.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temp_path(folder / "write-probe", ".tmp")
+        probe.write_bytes(b"0")
+        probe.unlink()
+    except OSError as e:
+        raise GftError(f"{folder}: cannot write there ({e.strerror or e})") from None
+    free = shutil.disk_usage(folder).free
+    if need_bytes and free < need_bytes:
+        raise GftError(f"{folder}: only {free / 2**20:.0f} MB free, this run writes about {need_bytes / 2**20:.0f} MB "
+                       "(free some space or choose another output)")
+    return folder
 
 
 @contextmanager

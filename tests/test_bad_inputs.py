@@ -179,3 +179,101 @@ def test_bad_input_gives_exit_2_and_one_line_naming_it(case, files, capsys):
         target = files["out"] / must_not_exist if not must_not_exist.startswith(("no_", "truncated")) else \
             files["root"] / must_not_exist
         assert not (target / "meta.json").exists() if target.suffix == "" else not target.exists(), target
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Full and read-only storage (a small tmpfs the test mounts; skipped where mounting is not allowed)
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """mount(options) -> a fresh tmpfs folder mounted with ``options`` (e.g. "size=64k", "ro"), unmounted after."""
+    mounted: list[Path] = []
+
+    def make(options: str) -> Path:
+        folder = tmp_path / f"mnt{len(mounted)}"
+        folder.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()[:80]})")
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def _one_error_line(capsys, command: str) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("[gft")]
+    assert len(lines) == 1 and lines[0].startswith(f"gft {command}: error: "), lines
+    return lines[0]
+
+
+def test_drive_into_a_full_filesystem_is_refused_before_rendering(files, mount, capsys):
+    folder = mount("size=16k")  # the 1 s drive at 96 px needs about 34 kB by the estimate
+    earlier = folder / "earlier.txt"
+    earlier.write_text("a finished output from before")
+    out = folder / "x.mp4"
+    status = gft_main(["drive", str(files["subject"]), str(files["silent_wav"]), "--out", str(out), "--no-progress"])
+    assert status == 2
+    line = _one_error_line(capsys, "drive")
+    assert str(folder) in line and "MB free" in line
+    assert earlier.read_text() == "a finished output from before" and sorted(p.name for p in folder.iterdir()) == \
+        ["earlier.txt"]
+
+
+def test_outputs_into_a_read_only_folder_fail_with_one_line(files, mount, capsys):
+    folder = mount("ro,size=64k")
+    status = gft_main(["drive", str(files["subject"]), str(files["silent_wav"]), "--out", str(folder / "x.mp4"),
+                       "--no-progress"])
+    assert status == 2
+    assert str(folder) in _one_error_line(capsys, "drive")
+    status = gft_main(["eval", str(files["no_face"]), "--out", str(folder / "ev")])
+    assert status == 2
+    assert str(folder) in _one_error_line(capsys, "eval")
+
+
+def test_a_write_that_fills_the_disk_keeps_the_older_file(mount):
+    from gaussian_flametalk.atomic import save_npz
+
+    folder = mount("size=256k")
+    target = folder / "params.npz"
+    save_npz(target, a=np.zeros(10))
+    with pytest.raises(OSError) as e:
+        save_npz(target, a=np.zeros(200_000))  # 1.6 MB into 256 kB
+    assert e.value.errno == 28  # ENOSPC
+    with np.load(target) as z:
+        assert z["a"].shape == (10,)
+    assert [p.name for p in folder.iterdir()] == ["params.npz"]  # the temporary is gone
+
+
+def test_drive_holds_its_output_lock(files, capsys):
+    from gaussian_flametalk.io.lock import stage_lock
+
+    out = files["out"] / "locked.mp4"
+    with stage_lock(out, "drive"):  # another drive of the same output, still running (this live process)
+        status = gft_main(["drive", str(files["subject"]), str(files["silent_wav"]), "--out", str(out),
+                           "--no-progress"])
+    assert status == 2
+    assert "being written by gft drive" in _one_error_line(capsys, "drive") and not out.exists()
+
+
+def test_a_failed_drive_rerun_leaves_no_stale_meta_and_keeps_the_video(files, monkeypatch):
+    import gaussian_flametalk.pipeline.drive as drive_mod
+
+    out = files["out"] / "rerun.mp4"
+    assert gft_main(["drive", str(files["subject"]), str(files["silent_wav"]), "--out", str(out),
+                     "--no-progress"]) == 0
+    meta, video = out.with_suffix(".meta.json"), out.read_bytes()
+    assert meta.is_file()
+
+    def broken(path, frames, *args, **kwargs):
+        next(iter(frames))
+        raise OSError(28, "No space left on device", str(path))  # the disk fills during the render
+
+    monkeypatch.setattr(drive_mod, "write_video", broken)
+    assert gft_main(["drive", str(files["subject"]), str(files["silent_wav"]), "--out", str(out),
+                     "--no-progress"]) == 2
+    assert not meta.exists()  # the new run did not finish: no meta.json says so
+    assert out.read_bytes() == video  # the earlier video is untouched

@@ -13,7 +13,8 @@ ROOT = Path(gaussian_flametalk.__file__).parent
 
 #: package -> its layer; a package may import packages of a lower layer only (and itself)
 LAYERS = {
-    "atomic": 0, "config": 0, "errors": 0, "registry": 0,
+    "errors": -1,  # the error classes: every module may raise them
+    "atomic": 0, "config": 0, "registry": 0,
     "geometry": 1,
     "headmodel": 2,
     "io": 3, "metrics": 3,

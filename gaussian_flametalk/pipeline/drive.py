@@ -41,7 +41,8 @@ from ..io.audio import SAMPLE_RATE, load_audio, save_wav
 from ..headmodel.motion import motion_to_kwargs
 from ..flametalk.inference import load_talk
 from ..headmodel import HeadModel, HeadParams
-from ..atomic import save_npz, write_json
+from ..atomic import ensure_writable, save_npz, write_json
+from ..io.lock import stage_lock
 from ..io.subject import Subject
 from ..io.media import CropBox, iter_frames, write_video
 
@@ -80,6 +81,11 @@ class DriveConfig:
 def blink_components(model: HeadModel) -> list[int]:
     """Indices of expression components named as blinks (e.g. ``blink_left``, ``eyeBlink_L``); empty for FLAME."""
     return [i for i, name in enumerate(model.expression_names) if "blink" in name.lower()]
+
+
+#: an upper bound of H.264's output size relative to raw RGB at the encoder settings of write_video (measured output
+#: is 1-3 %), for the free-space check before rendering
+ENCODED_BYTES_PER_RAW_BYTE = 0.05
 
 
 def drive_params(sequence: HeadParams, motion: dict[str, torch.Tensor], source: np.ndarray,
@@ -218,8 +224,6 @@ def _speech(cfg: DriveConfig, subject: Subject) -> tuple[np.ndarray, np.ndarray 
 
 def drive(cfg: DriveConfig) -> dict:
     """The stage: predict, pose, render, encode. Returns the meta dict (also written to ``out.meta.json``)."""
-    from tqdm.auto import tqdm
-
     t_start = time.perf_counter()
     subject = Subject.open(cfg.subject)
     avatar_dir = Path(cfg.avatar or subject.root / "avatar")
@@ -230,6 +234,13 @@ def drive(cfg: DriveConfig) -> dict:
     out = Path(cfg.out)
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"{out}: the output must be an .mp4 file")
+    with stage_lock(out, "drive"):
+        return _drive(cfg, subject, avatar_dir, talk_dir, out, t_start)
+
+
+def _drive(cfg: DriveConfig, subject: Subject, avatar_dir: Path, talk_dir: Path, out: Path, t_start: float) -> dict:
+    from tqdm.auto import tqdm
+
     wave, test_frames = _speech(cfg, subject)
     fps = subject.fps
     duration = wave.size / SAMPLE_RATE
@@ -271,11 +282,8 @@ def drive(cfg: DriveConfig) -> dict:
     renderer.prepare_sources(source)
     timings["mesh"] = time.perf_counter() - t0
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.with_suffix("")
-    wav_tmp = stem.with_name(f".{stem.name}.speech.wav")
-    save_wav(wav_tmp, padded)
-    render_seconds = [0.0]
+    meta_path = stem.with_name(f"{stem.name}.meta.json")
 
     found = source_video(subject)
     full_frame = cfg.full_frame if cfg.full_frame is not None else bool(found and _cropped(found[1], found[2]))
@@ -283,6 +291,16 @@ def drive(cfg: DriveConfig) -> dict:
         raise ValueError(f"{subject.root / 'meta.json'}: names no source video and crop box, so --full-frame has "
                          "nothing to paste into (pass --no-full-frame)")
     full = FullFrames(found[0], fps, found[2]) if full_frame else None
+    h, w = ((int(found[1].get("height", 0)), int(found[1].get("width", 0))) if full is not None
+            else (renderer.size, renderer.size))
+    copies = 2 if test_frames is not None else 1  # the self-reenactment's reference video beside it
+    ensure_writable(out.parent, int(copies * n_frames * h * w * 3 * ENCODED_BYTES_PER_RAW_BYTE))
+    # out.meta.json marks a finished drive: from the first write on, a run in progress (or one that fails) must not
+    # leave an older run's meta beside the new video; the older video and npz stay until the new ones replace them
+    meta_path.unlink(missing_ok=True)
+    wav_tmp = stem.with_name(f".{stem.name}.speech.wav")
+    save_wav(wav_tmp, padded)
+    render_seconds = [0.0]
 
     def frames():
         for t in tqdm(range(n_frames), desc="drive", unit="frame", disable=not cfg.progress, dynamic_ncols=True):
@@ -331,7 +349,7 @@ def drive(cfg: DriveConfig) -> dict:
         "seconds": {**timings, "total": time.perf_counter() - t_start},
         "real_time_factor": duration / max(model_seconds, 1e-9),
     }
-    write_json(stem.with_name(f"{stem.name}.meta.json"), meta)
+    write_json(meta_path, meta)
     return meta
 
 

@@ -13,6 +13,7 @@ else is a bug: its traceback and exit status 1.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -25,6 +26,9 @@ from ..errors import GftError
 #: what an input check raises: reported as one line, exit status 2
 EXPECTED_ERRORS = (GftError, ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
                    NotADirectoryError)
+
+#: OSErrors that are the storage's fault, not the program's (full, read-only, quota): reported as one line too
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
@@ -108,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"gft {name}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"gft {name}: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror} (outputs finished "
+              "before stay as they were)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gft {name}: interrupted (a re-run resumes from the last checkpoint)", file=sys.stderr)
