@@ -76,6 +76,7 @@ def test_expression_groups_follow_the_landmarks_they_move():
 def test_bad_options(demo_avatar, tmp_path, capsys):
     with pytest.raises(ValueError, match="--params and --drive"):
         ViewConfig(subject=demo_avatar, params=tmp_path / "a.npz", drive=tmp_path / "b.npz", device="cpu")
+    pytest.importorskip("viser")
     assert gft_main(["view", str(demo_avatar), "--params", str(tmp_path / "missing.npz"), "--device", "cpu"]) == 2
     assert "missing.npz: parameter file not found" in capsys.readouterr().err
 
@@ -89,8 +90,8 @@ def test_viewer_in_headless_chromium(demo_avatar, tmp_path):
     viewer = load_viewer(ViewConfig(subject=demo_avatar, device="cpu"))
     url = viewer.start("127.0.0.1", _free_port())
     try:
-        with Browser(url, 1000, 700) as page:
-            page.call("Emulation.setDeviceMetricsOverride", width=1000, height=700, deviceScaleFactor=1, mobile=False)
+        with Browser(url, 800, 520) as page:
+            page.call("Emulation.setDeviceMetricsOverride", width=800, height=520, deviceScaleFactor=1, mobile=False)
             _wait(lambda: viewer.server.get_clients(), 60, "the page to connect")
             _wait(lambda: page.evaluate(FOCUS_SLIDER % "jaw"), 60, "the panel")
             panel_left = int(page.evaluate("document.querySelector('[role=slider]').getBoundingClientRect().left"))

@@ -125,6 +125,7 @@ class AvatarViewer:
         self._syncing = False
         self._stop = threading.Event()
         self.server = None
+        self._player: threading.Thread | None = None
         self.last_render: np.ndarray | None = None
         cam = renderer.camera
         c2w = torch.linalg.inv(cam.viewmat.double())
@@ -181,13 +182,16 @@ class AvatarViewer:
         self.mesh = s.scene.add_mesh_simple("/mesh", verts[0].cpu().numpy(), faces, wireframe=True,
                                             color=(40, 90, 200), visible=self.show_mesh.value)
         self.points = s.scene.add_point_cloud("/landmarks", lmk.cpu().numpy(), colors=(255, 40, 40),
-                                              point_size=0.004, point_shape="circle", visible=self.show_lmk.value)
-        threading.Thread(target=self._play_loop, daemon=True, name="gft-view-play").start()
+                                              point_size=0.002, point_shape="circle", visible=self.show_lmk.value)
+        self._player = threading.Thread(target=self._play_loop, daemon=True, name="gft-view-play")
+        self._player.start()
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
         return f"http://{shown}:{s.get_port()}"
 
     def stop(self) -> None:
         self._stop.set()
+        if self._player is not None:
+            self._player.join(5.0)
         if self.server is not None:
             self.server.stop()
 
