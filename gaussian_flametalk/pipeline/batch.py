@@ -315,20 +315,33 @@ def _fmt(v: Any, spec: str, scale: float = 1.0) -> str:
     return format(v * scale, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
 
 
+def _bench(column: str, spec: str):
+    """The cell of one benchmark column."""
+    return lambda f: _fmt((f.get("benchmark") or {}).get(column), spec)
+
+
+#: the results table's figure columns: (stage that measures it, title, cell of a clip's figures)
+FIGURE_COLUMNS = (
+    ("track", "tracking error (% IOD)", lambda f: _fmt(f.get("tracking_error_iod"), ".2f", 100)),
+    ("train-avatar", "avatar test PSNR (dB)", lambda f: _fmt(f.get("avatar_test_psnr"), ".2f")),
+    ("train-talk", "FlameTalk LVE mm (mean-expression baseline)",
+     lambda f: f"{_fmt(f.get('talk_lve_mm'), '.3f')} ({_fmt(f.get('talk_baseline_lve_mm'), '.3f')})"),
+    ("benchmark", "self PSNR", _bench("self PSNR", ".2f")),
+    ("benchmark", "self SSIM", _bench("self SSIM", ".3f")),
+    ("benchmark", "self Stability", _bench("self Stability", ".3f")),
+    ("benchmark", "cross Stability", _bench("cross Stability", ".3f")),
+)
+
+
 def format_markdown(s: dict) -> str:
     """batch.md: the results table (one row per clip), the per-stage times, and every error."""
+    columns = [(title, cell) for stage, title, cell in FIGURE_COLUMNS if stage in s["stages"]]
     lines = [f"# gft batch: {s['root']}", "",
              f"{len(s['clips'])} clips, stages {', '.join(s['stages'])}; {s['mode']} on {s['workers']} task slot(s); "
              f"{s['wall_s']:.0f} s wall.", "",
-             "| clip | status | tracking error (% IOD) | avatar PSNR (dB) | FlameTalk LVE (baseline) mm | "
-             "self PSNR | self Stability | cross Stability |", "|---|---|---|---|---|---|---|---|"]
+             "| clip | status | " + " | ".join(t for t, _ in columns) + " |", "|---|---|" + "---|" * len(columns)]
     for c in s["clips"]:
-        f = c["figures"]
-        bench = f.get("benchmark") or {}
-        lines.append(f"| {c['name']} | {c['status']} | {_fmt(f.get('tracking_error_iod'), '.2f', 100)} | "
-                     f"{_fmt(f.get('avatar_test_psnr'), '.2f')} | {_fmt(f.get('talk_lve_mm'), '.3f')} "
-                     f"({_fmt(f.get('talk_baseline_lve_mm'), '.3f')}) | {_fmt(bench.get('self PSNR'), '.2f')} | "
-                     f"{_fmt(bench.get('self Stability'), '.3f')} | {_fmt(bench.get('cross Stability'), '.3f')} |")
+        lines.append(f"| {c['name']} | {c['status']} | " + " | ".join(cell(c["figures"]) for _, cell in columns) + " |")
     stages = [st for st in s["stages"] if st != PRIOR_STAGE]
     lines += ["", "Seconds per stage (reused: finished before, not run again):", "",
               "| clip | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]

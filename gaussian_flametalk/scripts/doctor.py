@@ -196,6 +196,14 @@ def check_ffmpeg() -> Check:
     return Check("ffmpeg", True, f"{out[0] if out else 'unknown version'} ({exe})", info={"path": exe})
 
 
+def check_ray() -> Check:
+    version = _version("ray")
+    if version is None:
+        return Check("ray (gft batch)", None, "not installed: gft batch runs sequentially "
+                                              "(pip install 'gaussian-flametalk[distributed]')")
+    return Check("ray (gft batch)", True, f"ray {version}: gft batch runs its tasks on Ray", info={"version": version})
+
+
 def run_checks(config: DoctorConfig) -> list[Check]:
     checks = [_guard("gaussian-flametalk", check_package, core=True), _guard("torch", check_torch, core=True)]
     if not checks[1].ok:
@@ -215,6 +223,7 @@ def run_checks(config: DoctorConfig) -> list[Check]:
     except Exception as exc:
         checks.append(Check("audio encoders", False, f"{type(exc).__name__}: {exc}"))
     checks.append(_guard("ffmpeg", check_ffmpeg))
+    checks.append(_guard("ray (gft batch)", check_ray))
     checks += registry_checks()
     return checks
 
