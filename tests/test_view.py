@@ -1,6 +1,8 @@
 """`gft view` in a real browser: the viewer serves a briefly trained synthetic avatar, a headless Chromium loads the
 page (WebGL through SwiftShader), the jaw slider is moved with the keyboard in the page, and the screenshots are
-checked: not blank, and different where the mouth is once the jaw has moved. Skipped without Chromium or viser."""
+checked: not blank, and different in the lower face once the jaw has moved; the render button and playback work; and
+the avatar PLY, read as splat viewers read a 3DGS PLY and drawn by viser's splats alone, looks like the live avatar.
+Skipped without Chromium or viser."""
 
 from __future__ import annotations
 
@@ -81,22 +83,47 @@ def test_bad_options(demo_avatar, tmp_path, capsys):
     assert "missing.npz: parameter file not found" in capsys.readouterr().err
 
 
+def _splats_as_viewers_read(path):
+    """A 3DGS PLY read the way splat viewers read one (viser's and antimatter15/splat's loaders, SuperSplat): centres,
+    colour 0.5 + C0 * f_dc, sigmoid(opacity), exp(scale_*), w-first quaternion rot_* -> viser's splat arrays."""
+    plyfile = pytest.importorskip("plyfile")
+    v = plyfile.PlyData.read(str(path))["vertex"]
+    xyz = np.stack([v[n] for n in "xyz"], -1)
+    rgb = np.clip(0.5 + 0.28209479177387814 * np.stack([v[f"f_dc_{i}"] for i in range(3)], -1), 0, 1)
+    opacity = 1 / (1 + np.exp(-v["opacity"].astype(np.float64)))
+    scale = np.exp(np.stack([v[f"scale_{i}"] for i in range(3)], -1))
+    q = np.stack([v[f"rot_{i}"] for i in range(4)], -1)
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    w, x, y, z = q.T
+    r = np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                  2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                  2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(-1, 3, 3)
+    cov = (r * scale[:, None, :] ** 2) @ r.transpose(0, 2, 1)
+    return (xyz.astype(np.float32), cov.astype(np.float32), rgb.astype(np.float32),
+            opacity[:, None].astype(np.float32))
+
+
 @pytest.mark.skipif(find_chromium() is None, reason="no chromium (apt-get install chromium)")
 def test_viewer_in_headless_chromium(demo_avatar, tmp_path):
-    pytest.importorskip("viser")
+    viser = pytest.importorskip("viser")
     pytest.importorskip("websockets")
     import cv2
 
     viewer = load_viewer(ViewConfig(subject=demo_avatar, device="cpu"))
     url = viewer.start("127.0.0.1", _free_port())
+    plain = viser.ViserServer(host="127.0.0.1", port=_free_port(), verbose=False)
     try:
         with Browser(url, 800, 520) as page:
             page.call("Emulation.setDeviceMetricsOverride", width=800, height=520, deviceScaleFactor=1, mobile=False)
             _wait(lambda: viewer.server.get_clients(), 60, "the page to connect")
             _wait(lambda: page.evaluate(FOCUS_SLIDER % "jaw"), 60, "the panel")
-            panel_left = int(page.evaluate("document.querySelector('[role=slider]').getBoundingClientRect().left"))
-            # the canvas left of the panel: wait until the splats are drawn (the page is white before)
-            view = lambda: page.screenshot()[:, : panel_left - 20]  # noqa: E731
+            # the canvas left of the panel (whose sliders start about 120 px right of its edge): wait until the splats
+            # are drawn (the page is white before)
+            left = int(page.evaluate("document.querySelector('[role=slider]').getBoundingClientRect().left")) - 140
+
+            def view() -> np.ndarray:
+                return page.screenshot()[:, :left]
+
             _wait(lambda: view().std() > 10, 60, "the splats to be drawn")
             time.sleep(1.0)
             before = view()
@@ -128,5 +155,24 @@ def test_viewer_in_headless_chromium(demo_avatar, tmp_path):
             assert page.evaluate(CLICK % ("input[type=checkbox]", "play"))
             _wait(lambda: viewer.frame.value > 0, 20, "playback")
             assert viewer.play.value
+
+            # the avatar PLY (posed at frame 0), read as splat viewers read a 3DGS PLY and drawn by viser's splats
+            # alone, looks like the live avatar at frame 0 from the same camera
+            plain.scene.set_up_direction(tuple(viewer.up))
+            plain.initial_camera.position, plain.initial_camera.look_at = tuple(viewer.eye), tuple(viewer.target)
+            plain.initial_camera.up, plain.initial_camera.fov = tuple(viewer.up), viewer.fov
+            plain.scene.add_gaussian_splats("/ply", *_splats_as_viewers_read(demo_avatar / "avatar" / "avatar.ply"))
+        with Browser(f"http://127.0.0.1:{plain.get_port()}", 800, 520) as page:
+            page.call("Emulation.setDeviceMetricsOverride", width=800, height=520, deviceScaleFactor=1, mobile=False)
+            _wait(lambda: plain.get_clients(), 60, "the PLY page to connect")
+            _wait(lambda: view().std() > 10, 60, "the PLY's splats to be drawn")
+            time.sleep(1.0)
+            ply = view()
+        cv2.imwrite(str(tmp_path / "ply.png"), ply[..., ::-1])
+        fg = (ply < 240).any(-1) | (before < 240).any(-1)
+        mse = ((ply.astype(float) - before) ** 2)[fg].mean()
+        assert mse < 255 ** 2 / 1000, mse  # PSNR over 30 dB (identical here: an SH-degree-0 avatar, the same camera)
     finally:
         viewer.stop()
+        plain.stop()
+
