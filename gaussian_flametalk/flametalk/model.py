@@ -116,7 +116,7 @@ class FlameTalkSpec:
     dropout: float = 0.1
     ptalker: bool = False
     n_subjects: int = 0
-    gat_points: int = 128
+    gat_points: int = 256  # the PTalker default is PTalkerOptions's; this one keeps older checkpoints' specs equal
     gat_layers: int = 2
     style_frames: int = 50
     speaker_encoder: str = ""
@@ -238,7 +238,9 @@ class FlameTalk(nn.Module):
     @torch.no_grad()
     def generate(self, feats: torch.Tensor, style: torch.Tensor, mode: str = "autoregressive") -> torch.Tensor:
         """Motion for (B, 2T, A) features without ground truth: ``autoregressive`` (T passes, each prediction fed
-        back) or ``parallel`` (one pass, mean-motion history). Returns (B, T, M)."""
+        back) or ``parallel`` (one pass, mean-motion history). Returns (B, T, M). With PTalker the motion content of
+        the generated history is fed back too; E_G works frame by frame, so each history row's graph features are
+        computed once and kept."""
         if mode == "parallel":
             return self(feats, style, None)
         if mode != "autoregressive":
@@ -246,8 +248,14 @@ class FlameTalk(nn.Module):
         b, t = feats.shape[0], feats.shape[1] // 2
         history = feats.new_zeros(b, t, self.spec.motion_dim)
         out = history.clone()
+        graph: list[torch.Tensor] = []  # PTalker: E_G of history rows 0..i
         for i in range(t):
-            step = self(feats[:, : 2 * (i + 1)], style, history[:, : i + 1])
+            content = None
+            if self.spec.ptalker:
+                row = self.history_input(history[:, : i + 1], b, i + 1)[:, i:]
+                graph.append(self.ptalker.graph(self.motion_mean + self.motion_std * row))
+                content = self.ptalker.motion_content(torch.cat(graph, dim=1))
+            step = self(feats[:, : 2 * (i + 1)], style, history[:, : i + 1], content)
             out[:, i] = step[:, i]
             if i + 1 < t:
                 history[:, i + 1] = step[:, i]

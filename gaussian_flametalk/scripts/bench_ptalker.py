@@ -5,7 +5,7 @@
 
 Options are those of ``gft train-talk`` (both models use them identically; ``--ptalker`` is set per run) plus:
 
-- seen subjects: PTalker (``--ptalker``) and the template-style FlameTalk, each trained on every SUBJECT's training
+- seen subjects (``--seen``, on by default): PTalker (``--ptalker``) and the template-style FlameTalk, each trained on every SUBJECT's training
   frames; every SUBJECT's test split predicted from its audio (PTalker: its one-hot identity and its training frames
   as the motion-style reference);
 - unseen subject (``--loso``, on by default): each SUBJECT in turn is left out, both models are trained on the others
@@ -16,7 +16,8 @@ Options are those of ``gft train-talk`` (both models use them identically; ``--p
 Scored on the test frames (``--infer-mode``), raw and with ``--project`` (fitted on the subject's training motion),
 in millimetres: LVE, FDD (upper face, signed: ground truth minus prediction; :func:`~.bench_talk.talk_metrics`) and
 the mouth-opening correlation. Prints the markdown tables; ``--json`` keeps the numbers; checkpoints in OUT/seen_*,
-OUT/without_NAME_* (a re-run resumes) or a temporary folder.
+OUT/without_NAME_* (a re-run resumes) or a temporary folder, with OUT/style_space.png, the seen PTalker model's style
+space (:func:`~gaussian_flametalk.flametalk.train.style_space`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import torch
 
 from ..atomic import write_json
 from ..config import add_dataclass_args, config_to_dict, dataclass_from_args
-from ..flametalk.train import TalkConfig, TalkData, evaluate_talk, fit_talk, loss_vertex_ids, open_subjects
+from ..flametalk.train import (TalkConfig, TalkData, evaluate_talk, fit_talk, loss_vertex_ids, open_subjects,
+                               style_space)
 from ..headmodel import HeadModel
 from .bench_talk import talk_metrics
 
@@ -48,7 +50,8 @@ class BenchPTalkerConfig(TalkConfig):
 
     out: Path | None = field(default=None, metadata={
         "help": "keep the runs' checkpoints here (a re-run resumes); default: a temporary folder"})
-    loso: bool = field(default=True, metadata={"help": "also leave each subject out (unseen-subject table)"})
+    seen: bool = field(default=True, metadata={"help": "the seen-subject table"})
+    loso: bool = field(default=True, metadata={"help": "leave each subject out (the unseen-subject table)"})
     json: Path | None = field(default=None, metadata={"help": "also write the result as JSON here"})
 
 
@@ -81,7 +84,7 @@ def _train(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, ptalker: boo
 
 def run_benchmark(cfg: BenchPTalkerConfig) -> dict:
     """Both tables. Returns ``{"seen": {name: {model: scores}}, "unseen": {...}, "mean": {name: metrics},
-    "train_seconds": {...}}``."""
+    "train_seconds": {...}, "style_space": {...}}`` (the last with the seen table)."""
     if len(cfg.subjects) < 2:
         raise ValueError("the PTalker benchmark needs two or more SUBJECT folders (PTalker learns across subjects)")
     _, head, datas = open_subjects(cfg)
@@ -90,9 +93,11 @@ def run_benchmark(cfg: BenchPTalkerConfig) -> dict:
                     "train_seconds": {}}
     with tempfile.TemporaryDirectory(prefix="bench_ptalker_") as tmp:
         root = Path(cfg.out) if cfg.out is not None else Path(tmp)
-        for key, _ in MODELS:
+        for key, _ in (MODELS if cfg.seen else ()):
             model, encoder, seconds, c = _train(datas, head.to(cfg.device), cfg, key == "ptalker", root / f"seen_{key}")
             result["train_seconds"][f"seen_{key}"] = seconds
+            if key == "ptalker":
+                result["style_space"] = style_space(model, encoder, datas, root / "style_space.png")
             for k, d in enumerate(datas):
                 result["seen"].setdefault(d.name, {})[key] = _score(model, encoder, head.cpu(), d, c,
                                                                      k if key == "ptalker" else None)
