@@ -89,7 +89,9 @@ class Plan:
     stages: tuple[str, ...]
     tasks: dict[tuple[str | None, str], StageTask]
 
-    def chain(self, clip: str) -> list[str]:
+    @property
+    def chain(self) -> list[str]:
+        """Each clip's stages, in run order."""
         return [s for s in self.stages if s in CLIP_STAGES]
 
     @property
@@ -185,14 +187,14 @@ class Batch:
 
     def _block(self, clip: str, why: str) -> None:
         """The clip's stages from the next one on will not run."""
-        chain = self.plan.chain(clip)
+        chain = self.plan.chain
         for stage in chain[self.next[clip]:]:
             self.cells[(clip, stage)] = Cell(status="blocked", error=why)
         self.next[clip] = len(chain)
 
     def advance(self, clip: str) -> None:
         """Submit the clip's next stage that is not finished yet (finished ones are reused as they are)."""
-        chain = self.plan.chain(clip)
+        chain = self.plan.chain
         while self.next[clip] < len(chain):
             stage = chain[self.next[clip]]
             key = (clip, stage)
@@ -279,7 +281,7 @@ class Batch:
     def summary(self) -> dict:
         clips = []
         for clip in self.plan.clips:
-            stages = {s: self.cells[(clip.name, s)] for s in self.plan.chain(clip.name)}
+            stages = {s: self.cells[(clip.name, s)] for s in self.plan.chain}
             failed = [s for s, c in stages.items() if c.status == "failed"]
             status = "failed" if failed or any(c.status == "blocked" for c in stages.values()) else (
                 "done" if all(c.status in ("done", "reused") for c in stages.values()) else "incomplete")
