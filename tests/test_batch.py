@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gaussian_flametalk.errors import GftError
 from gaussian_flametalk.io.media import ffmpeg_exe
 from gaussian_flametalk.pipeline.batch import BatchConfig, batch, make_plan
 from gaussian_flametalk.pipeline.batch_exec import parse_resources, ray_available
@@ -95,12 +96,18 @@ def test_options_resources_and_manifest_files_are_checked():
         read_manifest("/nonexistent/m.yaml")
 
 
-def test_a_bad_clip_fails_its_own_chain_in_process(tmp_path):
+def test_without_ray_a_bad_clip_fails_its_own_chain_in_process(tmp_path, monkeypatch, capsys):
+    import gaussian_flametalk.pipeline.batch as batch_module
+
+    monkeypatch.setattr(batch_module, "ray_available", lambda: False)  # as on a machine without the extra
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00not a video" * 100)
     m = _yaml(tmp_path / "m.yaml", [{"video": "bad.mp4"}, {"video": "missing.mp4"}], {"head_model": "synthetic"})
-    result = batch(BatchConfig(manifest=m, out=tmp_path / "root", stages="track,train-avatar", sequential=True,
-                               progress=False))
+    cfg = BatchConfig(manifest=m, out=tmp_path / "root", stages="track,train-avatar", progress=False)
+    with pytest.raises(GftError, match="Ray is not installed"):
+        batch(BatchConfig(**{**cfg.__dict__, "address": "ray://head:10001"}))
+    result = batch(cfg)
+    assert "running the plan sequentially" in capsys.readouterr().err
     by_name = {c["name"]: c for c in result["clips"]}
     assert result["mode"] == "sequential"
     assert by_name["bad"]["status"] == "failed" and "not a readable video" in by_name["bad"]["error"]
