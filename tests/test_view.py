@@ -61,7 +61,7 @@ def _wait(condition, timeout: float, what: str) -> None:
 @pytest.fixture(scope="module")
 def demo_avatar(tmp_path_factory):
     root = make_subject(tmp_path_factory.mktemp("view") / "S", n=12, size=96)
-    train_avatar(AvatarConfig(subject=root, iterations=30, resolution=96, progress=False, regions=(), sh_degree=0,
+    train_avatar(AvatarConfig(subject=root, iterations=15, resolution=96, progress=False, regions=(), sh_degree=0,
                               densify_every=0, opacity_resets=0, grid_frames=1))
     return root
 
@@ -135,7 +135,7 @@ def test_viewer_in_headless_chromium(demo_avatar, tmp_path):
             assert page.evaluate(FOCUS_SLIDER % "jaw")
             page.press("End", 35)
             _wait(lambda: jaw.value == pytest.approx(jaw.max), 20, "the jaw slider to reach the server")
-            time.sleep(2.0)
+            time.sleep(1.0)
             after = view()
             cv2.imwrite(str(tmp_path / "after.png"), after[..., ::-1])
             changed = np.abs(after.astype(int) - before.astype(int)).max(-1) > 30
