@@ -77,38 +77,38 @@ STAGE_GROUPS = ("audio_encoder", "decoder", "graph", "identity", "motion_style",
 class PTalkerOptions:
     """PTalker's options (``--pt.NAME``, used with ``--ptalker``); the weights carry the paper's symbols."""
 
-    style_frames: int = field(default=50, metadata={"help": "frames of a motion-style clip (training: another clip of "
+    style_frames: int = field(default=50, metadata={"min": 1, "help": "frames of a motion-style clip (training: another clip of "
                                                            "the subject; inference: pieces of the reference)"})
-    identity_dropout: float = field(default=0.3, metadata={"help": "probability of hiding a clip's one-hot identity "
+    identity_dropout: float = field(default=0.3, metadata={"min": 0, "max": 1, "help": "probability of hiding a clip's one-hot identity "
                                                                    "(trains the unseen-subject path)"})
-    gat_points: int = field(default=128, metadata={"help": "E_G graph nodes (face-region vertex clusters)"})
-    gat_layers: int = field(default=2, metadata={"help": "E_G graph attention layers"})
+    gat_points: int = field(default=128, metadata={"min": 1, "help": "E_G graph nodes (face-region vertex clusters)"})
+    gat_layers: int = field(default=2, metadata={"min": 1, "help": "E_G graph attention layers"})
     speaker_encoder: str = field(default="", metadata={
         "help": "E_a^s speaker-identification network W_s: a wav2vec2 hub id or local folder (e.g. "
                 "superb/wav2vec2-base-superb-sid); '' with no --pt.emotion-encoder either: the offline stand-in over "
                 "the audio encoder's features"})
     emotion_encoder: str = field(default="", metadata={
         "help": "E_a^s emotion network W_e: a wav2vec2 hub id or local folder (e.g. superb/wav2vec2-base-superb-er)"})
-    stage_switch: int = field(default=200, metadata={"help": "iteration where stage 2 (everything trainable) starts"})
+    stage_switch: int = field(default=200, metadata={"min": 0, "help": "iteration where stage 2 (everything trainable) starts"})
     stage1_frozen: tuple[str, ...] = field(default=("identity", "motion_style", "audio_style"), metadata={
         "help": f"parameter groups frozen in stage 1 ({', '.join(STAGE_GROUPS)}); default the style encoders"})
-    alpha_rec: float = field(default=1.0, metadata={"help": "eq. 13 a1: reconstruction L_rec"})
-    alpha_mou: float = field(default=1.0, metadata={"help": "eq. 13 a2: mouth L_mou"})
-    alpha_vel: float = field(default=1.0, metadata={"help": "eq. 13 a3: velocity L_vel"})
-    beta_motion: float = field(default=1.0, metadata={"help": "eq. 14 b1: L_motion"})
-    beta_adv: float = field(default=0.1, metadata={"help": "eq. 14 b2: adversarial L_adv"})
-    beta_orth: float = field(default=0.1, metadata={"help": "eq. 14 b3: orthogonality L_orth"})
-    beta_info: float = field(default=0.1, metadata={"help": "eq. 14 b4: L_Info (eq. 5 as printed)"})
-    beta_cts: float = field(default=0.1, metadata={"help": "eq. 14 b5: L_cts = L_Top-k + L_KL"})
-    beta_cos: float = field(default=0.1, metadata={"help": "style similarity L_cos (eq. 3; not in eq. 14)"})
+    alpha_rec: float = field(default=1.0, metadata={"min": 0, "help": "eq. 13 a1: reconstruction L_rec"})
+    alpha_mou: float = field(default=1.0, metadata={"min": 0, "help": "eq. 13 a2: mouth L_mou"})
+    alpha_vel: float = field(default=1.0, metadata={"min": 0, "help": "eq. 13 a3: velocity L_vel"})
+    beta_motion: float = field(default=1.0, metadata={"min": 0, "help": "eq. 14 b1: L_motion"})
+    beta_adv: float = field(default=0.1, metadata={"min": 0, "help": "eq. 14 b2: adversarial L_adv"})
+    beta_orth: float = field(default=0.1, metadata={"min": 0, "help": "eq. 14 b3: orthogonality L_orth"})
+    beta_info: float = field(default=0.1, metadata={"min": 0, "help": "eq. 14 b4: L_Info (eq. 5 as printed)"})
+    beta_cts: float = field(default=0.1, metadata={"min": 0, "help": "eq. 14 b5: L_cts = L_Top-k + L_KL"})
+    beta_cos: float = field(default=0.1, metadata={"min": 0, "help": "style similarity L_cos (eq. 3; not in eq. 14)"})
     cos_weights: tuple[float, ...] = field(default=(1.0, 1.0, 1.0), metadata={
         "help": "eq. 3 w1 w2 w3: (s_a, s_m), (s_a, s_p), (s_m, s_p)"})
-    grl_alpha: float = field(default=1.0, metadata={"help": "alpha_c, the gradient-reversal strength (eq. 1)"})
-    tau: float = field(default=0.1, metadata={"help": "temperature of L_Info and of the similarities of L_Top-k"})
-    topk: int = field(default=3, metadata={"help": "k of L_Top-k (eq. 6)"})
-    topk_alpha: float = field(default=1.0, metadata={"help": "eq. 6 alpha (positive weight)"})
-    topk_beta: float = field(default=1.0, metadata={"help": "eq. 6 beta (negative weight)"})
-    topk_lambda: float = field(default=0.5, metadata={"help": "eq. 7 lambda (audio->content share)"})
+    grl_alpha: float = field(default=1.0, metadata={"min": 0, "help": "alpha_c, the gradient-reversal strength (eq. 1)"})
+    tau: float = field(default=0.1, metadata={"above": 0, "help": "temperature of L_Info and of the similarities of L_Top-k"})
+    topk: int = field(default=3, metadata={"min": 1, "help": "k of L_Top-k (eq. 6)"})
+    topk_alpha: float = field(default=1.0, metadata={"min": 0, "help": "eq. 6 alpha (positive weight)"})
+    topk_beta: float = field(default=1.0, metadata={"min": 0, "help": "eq. 6 beta (negative weight)"})
+    topk_lambda: float = field(default=0.5, metadata={"min": 0, "max": 1, "help": "eq. 7 lambda (audio->content share)"})
 
     def __post_init__(self) -> None:
         unknown = [g for g in self.stage1_frozen if g not in STAGE_GROUPS]
@@ -137,37 +137,37 @@ class TalkConfig:
     out: Path | None = field(default=None, metadata={"help": "output folder (default: FIRST_SUBJECT/talk)"})
     audio_encoder: str = field(default="mel+phonetic", metadata={
         "help": "mel | phonetic | mel+phonetic | wav2vec2:ID_OR_DIR | hubert:ID_OR_DIR"})
-    iterations: int = field(default=80, metadata={
+    iterations: int = field(default=80, metadata={"min": 1, 
         "help": "total training iterations (a re-run resumes); the default is the adaptation of a prior (--init) to "
                 "a new subject, measured in BENCHMARKS.md; train a prior on several SUBJECTs longer"})
-    seq_frames: int = field(default=50, metadata={"help": "frames per training clip"})
-    batch_size: int = field(default=4, metadata={"help": "clips per iteration"})
-    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
-    dim: int = field(default=64, metadata={"help": "transformer width"})
-    heads: int = field(default=4, metadata={"help": "attention heads"})
-    layers: int = field(default=1, metadata={"help": "decoder layers"})
-    period: int = field(default=25, metadata={"help": "period p of the positional encoding and the biased mask"})
-    dropout: float = field(default=0.1, metadata={"help": "transformer dropout"})
-    mel_dim: int = field(default=128, metadata={"help": "mel encoder output channels"})
-    history_dropout: float = field(default=0.5, metadata={"help": "probability of replacing a history row by the mean"})
-    w_velocity: float = field(default=1.0, metadata={"help": "velocity loss weight"})
-    w_trend: float = field(default=0.0, metadata={"help": "StyleSpeaker trend loss weight (0 = off)"})
-    trend_orders: int = field(default=3, metadata={"help": "trend loss orders 1..R"})
+    seq_frames: int = field(default=50, metadata={"min": 2, "help": "frames per training clip"})
+    batch_size: int = field(default=4, metadata={"min": 1, "help": "clips per iteration"})
+    lr: float = field(default=1e-3, metadata={"above": 0, "help": "Adam learning rate"})
+    dim: int = field(default=64, metadata={"min": 1, "help": "transformer width"})
+    heads: int = field(default=4, metadata={"min": 1, "help": "attention heads"})
+    layers: int = field(default=1, metadata={"min": 1, "help": "decoder layers"})
+    period: int = field(default=25, metadata={"min": 1, "help": "period p of the positional encoding and the biased mask"})
+    dropout: float = field(default=0.1, metadata={"min": 0, "below": 1, "help": "transformer dropout"})
+    mel_dim: int = field(default=128, metadata={"min": 1, "help": "mel encoder output channels"})
+    history_dropout: float = field(default=0.5, metadata={"min": 0, "max": 1, "help": "probability of replacing a history row by the mean"})
+    w_velocity: float = field(default=1.0, metadata={"min": 0, "help": "velocity loss weight"})
+    w_trend: float = field(default=0.0, metadata={"min": 0, "help": "StyleSpeaker trend loss weight (0 = off)"})
+    trend_orders: int = field(default=3, metadata={"min": 1, "help": "trend loss orders 1..R"})
     loss_regions: tuple[str, ...] = field(default=("face",), metadata={"help": "head-model regions in the loss"})
-    window: int = field(default=100, metadata={"help": "inference window (frames)"})
-    overlap: int = field(default=10, metadata={"help": "inference window overlap, cross-faded (frames)"})
+    window: int = field(default=100, metadata={"min": 2, "help": "inference window (frames)"})
+    overlap: int = field(default=10, metadata={"min": 0, "help": "inference window overlap, cross-faded (frames)"})
     infer_mode: Literal["autoregressive", "parallel"] = field(default="parallel", metadata={
         "help": "test-split inference: autoregressive (each prediction fed back) or parallel (one pass, mean history)"})
     project: Literal["none", "clip", "pca"] = field(default="pca", metadata={
         "help": "keep predictions in the subject's tracked distribution: clip to the head model's box (tracked range "
                 "where it has none), pca = clip + projection onto the training motion's principal subspace; applied "
                 "to the test-split scores and saved as the inference default"})
-    pca_variance: float = field(default=0.95, metadata={"help": "--project pca: fraction of the training motion's "
+    pca_variance: float = field(default=0.95, metadata={"above": 0, "max": 1, "help": "--project pca: fraction of the training motion's "
                                                                 "variance the kept components explain"})
     init: Path | None = field(default=None, metadata={
         "help": "start from the weights of a prior (a gft train-talk folder or its checkpoint.pt, trained on other "
                 "subjects with the same head model and audio encoder) and adapt it to the SUBJECTs"})
-    checkpoint_every: int = field(default=250, metadata={"help": "checkpoint interval (iterations)"})
+    checkpoint_every: int = field(default=250, metadata={"min": 1, "help": "checkpoint interval (iterations)"})
     device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
