@@ -58,7 +58,9 @@ def test_export_layout_and_round_trip(flame_subject, tmp_path):
     with np.load(out / "flame_param" / "00003.npz") as z:
         assert {k: z[k].shape for k in z.files} == {"shape": (10,), "expr": (1, 10), "rotation": (1, 3),
                                                     "neck_pose": (1, 3), "jaw_pose": (1, 3), "eyes_pose": (1, 6),
-                                                    "translation": (1, 3)}
+                                                    "translation": (1, 3),
+                                                    "static_offset": (1, make_synthetic_head().n_file_vertices, 3)}
+        assert not z["static_offset"].any()
     with np.load(out / "canonical_flame_param.npz") as z:
         assert z["jaw_pose"][0, 0] == pytest.approx(0.3) and not z["expr"].any()
     # images and masks are the SUBJECT's, losslessly
@@ -147,7 +149,8 @@ def test_bad_input(flame_subject, tmp_path, capsys):
     # static offsets are dropped, said and recorded
     with np.load(out / "flame_param" / "00000.npz") as z:
         arrays = dict(z)
-    np.savez(out / "flame_param" / "00000.npz", **arrays, static_offset=np.full((1, 5, 3), 0.002))
+    arrays["static_offset"] = np.full((1, 5, 3), 0.002)
+    np.savez(out / "flame_param" / "00000.npz", **arrays)
     sub = Subject.open(import_vhap(ImportVhapConfig(folder=out, out=tmp_path / "Z", head_model=f"flame:{flame_pkl}",
                                                     progress=False)))
     assert sub.meta["figures"]["dropped_offset_m"] == pytest.approx(0.002)

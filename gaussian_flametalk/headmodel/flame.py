@@ -84,6 +84,7 @@ class FlameModel(HeadModel):
         embedding.check_faces(len(arrays["f"]), source)
         self.kind = kind
         self.source = source
+        self.n_file_vertices = n_own  # the file's own vertices (the mouth geometry added here comes after them)
         self.n_shape = n_shape
         self.n_expression = n_expression
         self.expression_names = [f"expr{i:03d}" for i in range(n_expression)]

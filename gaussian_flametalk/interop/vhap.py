@@ -15,13 +15,17 @@ learnt from VHAP's public export and dataset code; this reader and writer are th
       fg_masks/TTTTT_CC.png      8-bit foreground masks
       flame_param/TTTTT.npz      FLAME parameters of one timestep: translation (1, 3), rotation (1, 3),
                                  neck_pose (1, 3), jaw_pose (1, 3), eyes_pose (1, 6), expr (1, E), shape (S,),
-                                 optionally static_offset (1, V, 3) and dynamic_offset (1, V, 3)
+                                 static_offset (1, V, 3) (GaussianAvatars reads it from timestep 0), optionally
+                                 dynamic_offset (1, V, 3)
       canonical_flame_param.npz  zero pose and expression with the jaw opened 0.3 rad, the shared shape
 
 Conventions mapped: the FLAME parameters are this project's :class:`HeadParams` fields one to one (same joint order,
 axis-angle, translation after rotation, metres); the camera is this project's OpenCV world-to-camera ``viewmat``
 after flipping the y and z camera axes and inverting. VHAP's per-vertex offsets have no counterpart in the head
-models here: an import drops them, says so and records their size in ``meta.json``. The project's own test split (the
+models here: an import drops them, says so and records their size in ``meta.json``; an export writes zero offsets.
+GaussianAvatars reads the fields named here (``transforms_{train,val,test}.json``: file_path, transform_matrix, w, h,
+camera_angle_x, timestep_index, camera_index, flame_param_path; the npz fields) and assumes a centred principal point
+with fx = fy (an export warns otherwise). The project's own test split (the
 last 20 %) is used both ways: an export writes it as transforms_train/test.json (val empty, as VHAP writes it for one
 camera); an import recomputes it from the frame count.
 """
@@ -347,6 +351,14 @@ def export_vhap(cfg: ExportVhapConfig) -> Path:
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
     arrays = params.to_numpy()
+    # GaussianAvatars reads static_offset from the first timestep unless told not to: zeros over the FLAME file's own
+    # vertices (it pads them to its mesh with teeth)
+    no_offset = np.zeros((1, getattr(model, "n_file_vertices", model.n_vertices), 3), dtype=np.float32)
+    K = camera.K.numpy()
+    if abs(K[0, 2] - camera.width / 2) > 0.5 or abs(K[1, 2] - camera.height / 2) > 0.5 or abs(K[0, 0] - K[1, 1]) > 1e-3:
+        print(f"[gft] export-vhap: {subject.root / 'camera.json'}: principal point ({K[0, 2]:.1f}, {K[1, 2]:.1f}) or "
+              f"fx != fy: GaussianAvatars reads only camera_angle_x and assumes a centred principal point",
+              file=sys.stderr)
     frames = []
     for t in tqdm(range(subject.n_frames), desc="export-vhap", unit="frame", disable=not cfg.progress):
         entry = _frame_entry(t, camera, c2w_gl)
@@ -358,12 +370,12 @@ def export_vhap(cfg: ExportVhapConfig) -> Path:
             rgb = (a * rgb + (1 - a) * 255).astype(np.uint8)
         save_png(work / entry["file_path"], rgb)
         save_png(work / entry["fg_mask_path"], np.round(mask * 255).astype(np.uint8))
-        save_npz(work / entry["flame_param_path"], shape=arrays["shape"][t],
+        save_npz(work / entry["flame_param_path"], shape=arrays["shape"][t], static_offset=no_offset,
                  **{theirs: arrays[ours][t:t + 1] for theirs, ours in PARAM_NAMES.items() if theirs != "shape"})
         frames.append(entry)
     zeros = {theirs: np.zeros_like(arrays[ours][:1]) for theirs, ours in PARAM_NAMES.items() if theirs != "shape"}
     zeros["jaw_pose"][0, 0] = CANONICAL_JAW
-    save_npz(work / "canonical_flame_param.npz", shape=arrays["shape"][0], **zeros)
+    save_npz(work / "canonical_flame_param.npz", shape=arrays["shape"][0], static_offset=no_offset, **zeros)
     shared = _intrinsics(float(camera.K[0, 0]), float(camera.K[1, 1]), float(camera.K[0, 2]), float(camera.K[1, 2]),
                          camera.width, camera.height)
     train, test = train_test_split(subject.n_frames, subject.fps)
