@@ -105,6 +105,9 @@ def bind_compiled(
     """
     from .rasterize_cpu import load_library
 
+    for name, t in (("vertices", vertices), ("xyz", xyz), ("quats", quats), ("log_scales", log_scales)):
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            raise ValueError(f"the compiled binding needs float32 CPU tensors, got {name} as {t.dtype} on {t.device}")
     lib = load_library()
     B, V = vertices.shape[:2]
     N = parent.shape[0]
