@@ -67,6 +67,9 @@ def main() -> None:
     ap.add_argument("--head-model", required=True, help="e.g. ict:PATH/FaceXModel")
     ap.add_argument("--seconds", type=float, default=4.0, help="length of each cut clip")
     ap.add_argument("--workers", type=int, default=2, help="local Ray task slots")
+    ap.add_argument("--sequential-threads", type=int, default=0,
+                    help="torch threads of the sequential run (0: torch's default, one per core)")
+    ap.add_argument("--only", choices=("ray", "sequential"), help="run only one of the two")
     ap.add_argument("--dataset-hours", type=float, default=15.8, help="extrapolate to this much footage (HDTF: 15.8)")
     ap.add_argument("--dataset-clips", type=int, default=362, help="... in this many clips (HDTF: 362)")
     ap.add_argument("--nodes", type=int, default=4, help="... on this many nodes")
@@ -86,18 +89,23 @@ def main() -> None:
     manifest = args.out / "manifest.yaml"
     manifest.write_text(json.dumps({"defaults": {"head_model": args.head_model, **QUICK}, "clips": entries}, indent=1))
 
-    runs = {"ray": _run(manifest, args.out / "ray", False, args.workers),
-            "sequential": _run(manifest, args.out / "sequential", True, args.workers)}
+    if args.sequential_threads:
+        import torch
+
+        torch.set_num_threads(args.sequential_threads)  # Ray tasks cap theirs at their CPUs themselves
+    runs = {name: _run(manifest, args.out / name, name == "sequential", args.workers)
+            for name in ("ray", "sequential") if args.only in (None, name)}
     print(f"\n{len(entries)} clips of {args.seconds:g} s, track + train-avatar (quick settings), "
-          f"{runs['ray']['cores']} cores")
+          f"{next(iter(runs.values()))['cores']} cores")
     print("| run | wall (s) | stage CPU (s) | CPU utilisation | machine busy (all processes) |")
     print("|---|---|---|---|---|")
     for name, r in runs.items():
         busy = f"{100 * r['machine_busy_share']:.0f} %" if r["machine_busy_share"] is not None else "n/a"
         print(f"| {name} | {r['wall_s']:.1f} | {r['stage_cpu_s']:.1f} | {100 * r['cpu_utilisation']:.0f} % | {busy} |")
-    print(f"speed-up: {runs['sequential']['wall_s'] / runs['ray']['wall_s']:.2f}x")
-    seq = runs["ray"]["stages"]  # one task per core, as on a cluster slot
-    print("\nRay per-stage seconds (one core each): " + "; ".join(
+    if len(runs) == 2:
+        print(f"speed-up: {runs['sequential']['wall_s'] / runs['ray']['wall_s']:.2f}x")
+    seq = runs["ray" if "ray" in runs else "sequential"]["stages"]  # Ray: one task per core, as a cluster slot
+    print("\nper-stage seconds: " + "; ".join(
         f"{c}: " + ", ".join(f"{s} {v:.1f}" for s, v in st.items()) for c, st in seq.items()))
     track_rate = sum(st["track"] for st in seq.values()) / sum(seconds.values())  # stage seconds per video second
     avatar_clip = sum(st["train-avatar"] for st in seq.values()) / len(seq)  # fixed iterations: per clip
@@ -107,9 +115,8 @@ def main() -> None:
           f"{args.dataset_hours:g} h: track {track_rate:.2f} s per video second, train-avatar {avatar_clip:.0f} s per "
           f"clip -> {total / 3600:.1f} task-hours; on {args.nodes} nodes x {args.slots_per_node} slots: "
           f"{total / slots / 3600:.1f} h")
-    (args.out / "bench_batch.json").write_text(json.dumps({"runs": runs, "clip_seconds": seconds,
-                                                           "track_s_per_video_s": track_rate,
-                                                           "avatar_s_per_clip": avatar_clip}, indent=1))
+    report = {"runs": runs, "clip_seconds": seconds, "track_s_per_video_s": track_rate, "avatar_s_per_clip": avatar_clip}
+    (args.out / f"bench_batch{'_' + args.only if args.only else ''}.json").write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
