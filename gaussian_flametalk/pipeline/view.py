@@ -205,10 +205,10 @@ class AvatarViewer:
             self.fps = gui.add_number("fps", float(self.subject.fps), min=1.0, max=120.0, step=1.0)
         self.sliders: dict[str, object] = {}
         with gui.add_folder("Pose"):
-            if self.jaw_expr is None:
+            if "jaw" in self.model.pose_parts:
                 lo, hi = _cover((-0.1, 0.6), self.seq.jaw[:, 0])
                 self.sliders["jaw"] = gui.add_slider("jaw", lo, hi, 0.005, float(p0.jaw[0, 0]))
-            else:
+            elif self.jaw_expr is not None:
                 lo, hi = self._range(self.jaw_expr)
                 self.sliders["jaw"] = gui.add_slider("jaw", lo, hi, 0.01, float(p0.expression[0, self.jaw_expr]))
             for i, axis in enumerate(POSE_AXES):
@@ -245,8 +245,9 @@ class AvatarViewer:
             self._syncing = True
             try:
                 p = self.current
-                jaw = p.jaw[0, 0] if self.jaw_expr is None else p.expression[0, self.jaw_expr]
-                self.sliders["jaw"].value = float(jaw)
+                if "jaw" in self.sliders:
+                    jaw = p.jaw[0, 0] if self.jaw_expr is None else p.expression[0, self.jaw_expr]
+                    self.sliders["jaw"].value = float(jaw)
                 for i, axis in enumerate(POSE_AXES):
                     self.sliders[axis].value = float(p.rotation[0, i])
                 for name, handle in self.sliders.items():
@@ -261,10 +262,11 @@ class AvatarViewer:
             return
         with self.lock:
             p = HeadParams(**{k: v.clone() for k, v in self.current.as_kwargs().items()})
-            if self.jaw_expr is None:
-                p.jaw[0, 0] = float(self.sliders["jaw"].value)
-            else:
-                p.expression[0, self.jaw_expr] = float(self.sliders["jaw"].value)
+            if "jaw" in self.sliders:
+                if self.jaw_expr is None:
+                    p.jaw[0, 0] = float(self.sliders["jaw"].value)
+                else:
+                    p.expression[0, self.jaw_expr] = float(self.sliders["jaw"].value)
             for i, axis in enumerate(POSE_AXES):
                 p.rotation[0, i] = float(self.sliders[axis].value)
             for name, handle in self.sliders.items():
@@ -327,8 +329,9 @@ def load_viewer(cfg: ViewConfig) -> AvatarViewer:
     model = subject.head_model()
     avatar_dir = Path(cfg.avatar or subject.root / "avatar")
     renderer = AvatarRenderer.load(subject, model, avatar_dir, device=cfg.device)
-    seq_path = cfg.params or cfg.drive or (avatar_dir / "params.npz")
-    seq = load_params(seq_path) if Path(seq_path).is_file() or cfg.params or cfg.drive else subject.params()
+    optimised = avatar_dir / "params.npz"
+    seq_path = cfg.params or cfg.drive or (optimised if optimised.is_file() else subject.root / "params.npz")
+    seq = load_params(seq_path)
     check_tracked_with(model, subject, seq)
     if seq.batch == 0:
         raise GftError(f"{seq_path}: no frames")
