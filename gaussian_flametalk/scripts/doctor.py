@@ -204,6 +204,17 @@ def check_ray() -> Check:
     return Check("ray (gft batch)", True, f"ray {version}: gft batch runs its tasks on Ray", info={"version": version})
 
 
+def check_viewer() -> Check:
+    import shutil
+
+    version = _version("viser")
+    browser = next((b for n in ("chromium", "chromium-browser", "google-chrome") if (b := shutil.which(n))), None)
+    seen = f"; browser test: {browser}" if browser else "; no chromium: the browser test of gft view skips"
+    if version is None:
+        return Check("viser (gft view)", None, "not installed: pip install 'gaussian-flametalk[viewer]'" + seen)
+    return Check("viser (gft view)", True, f"viser {version}" + seen, info={"version": version, "chromium": browser})
+
+
 def run_checks(config: DoctorConfig) -> list[Check]:
     checks = [_guard("gaussian-flametalk", check_package, core=True), _guard("torch", check_torch, core=True)]
     if not checks[1].ok:
@@ -224,6 +235,7 @@ def run_checks(config: DoctorConfig) -> list[Check]:
         checks.append(Check("audio encoders", False, f"{type(exc).__name__}: {exc}"))
     checks.append(_guard("ffmpeg", check_ffmpeg))
     checks.append(_guard("ray (gft batch)", check_ray))
+    checks.append(_guard("viser (gft view)", check_viewer))
     checks += registry_checks(skip={c.name for c in checks})
     return checks
 
