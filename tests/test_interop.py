@@ -146,6 +146,9 @@ def test_bad_input(flame_subject, tmp_path, capsys):
     with pytest.raises(ValueError, match="audio.wav: 0.80 s of sound for 20 frames at 10 fps"):
         import_vhap(ImportVhapConfig(folder=out, out=tmp_path / "Y", head_model=f"flame:{flame_pkl}",
                                      audio=root / "audio.wav", fps=10.0, progress=False))
+    np.savez(tmp_path / "short.npz", **Subject.open(root).params()[:5].to_numpy())
+    with pytest.raises(ValueError, match="short.npz: 5 frames of parameters for a SUBJECT of 20"):
+        export_vhap(ExportVhapConfig(subject=root, out=tmp_path / "o", params=tmp_path / "short.npz", progress=False))
     # static offsets are dropped, said and recorded
     with np.load(out / "flame_param" / "00000.npz") as z:
         arrays = dict(z)
