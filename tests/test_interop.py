@@ -143,6 +143,10 @@ def test_bad_input(flame_subject, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "00004.npz: lacks ['expr']" in err[0]
     assert not (tmp_path / "X").exists()
+    with pytest.raises(FileExistsError, match="vhap: exists"):
+        export_vhap(ExportVhapConfig(subject=root, out=out, progress=False))
+    with pytest.raises(FileExistsError, match="S: exists"):
+        import_vhap(ImportVhapConfig(folder=out, out=root, head_model=f"flame:{flame_pkl}", progress=False))
     with pytest.raises(ValueError, match="audio.wav: 0.80 s of sound for 20 frames at 10 fps"):
         import_vhap(ImportVhapConfig(folder=out, out=tmp_path / "Y", head_model=f"flame:{flame_pkl}",
                                      audio=root / "audio.wav", fps=10.0, progress=False))

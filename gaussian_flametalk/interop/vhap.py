@@ -216,6 +216,11 @@ def _square(img: np.ndarray, size: int, value: int | None) -> np.ndarray:
     return cv2.copyMakeBorder(img, top, size - h - top, left, size - w - left, border, value=value or 0)
 
 
+def _refuse_existing(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise FileExistsError(f"{out}: exists (--force replaces it)")
+
+
 def _flame_format(model: HeadModel, what: str) -> None:
     missing = [p for p in ("rotation", "neck", "jaw", "eyes") if p not in model.pose_parts]
     if missing:
@@ -236,6 +241,8 @@ class ImportVhapConfig:
         "help": "the sequence's sound (any audio or video file), for gft train-talk; VHAP exports have none"})
     fps: float = field(default=25.0, metadata={"help": "frame rate of the sequence (VHAP's files do not store it)"})
     camera_index: int | None = field(default=None, metadata={"help": "which camera, when the export has several"})
+    force: bool = field(default=False, metadata={
+        "help": "replace an existing SUBJECT at --out (with everything in it: its avatar, its talk model)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
@@ -251,6 +258,7 @@ def import_vhap(cfg: ImportVhapConfig) -> Path:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
+    _refuse_existing(Path(cfg.out), cfg.force)
     seq = read_vhap(cfg.folder, cfg.camera_index)
     model = load_head_model(cfg.head_model, n_shape=seq.params.shape.shape[1],
                             n_expression=seq.params.expression.shape[1])
@@ -311,6 +319,7 @@ class ExportVhapConfig:
     background: Literal["white", "keep"] = field(default="white", metadata={
         "help": "white: the frames composited over white by their masks, as VHAP exports them for GaussianAvatars; "
                 "keep: the frames as they are"})
+    force: bool = field(default=False, metadata={"help": "replace an existing folder at --out"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
@@ -339,6 +348,7 @@ def export_vhap(cfg: ExportVhapConfig) -> Path:
 
     from tqdm.auto import tqdm
 
+    _refuse_existing(Path(cfg.out), cfg.force)
     subject = Subject.open(cfg.subject)
     model = subject.head_model()
     _flame_format(model, str(subject.root / "meta.json"))
