@@ -270,7 +270,8 @@ def multi(tmp_path_factory) -> tuple[Path, dict, dict[str, Path]]:
                      for i, a in enumerate(AMPLITUDES))
     unseen = {"low": make_subject(root / "unseen_low", seconds=8.0, seed=40, amplitude=0.15),
               "high": make_subject(root / "unseen_high", seconds=8.0, seed=41, amplitude=0.35)}
-    meta = train_talk(_config(subjects, root / "talk", 60, pt=dict(stage_switch=15, identity_dropout=0.5), seq_frames=24))
+    meta = train_talk(_config(subjects, root / "talk", 50, pt=dict(stage_switch=12, identity_dropout=0.5, gat_points=32),
+                              seq_frames=24))
     return root, meta, unseen
 
 
@@ -282,7 +283,7 @@ def test_multi_subject_training_learns(multi):
           + ", ".join(f"{k} {np.mean([h[k] for h in history[-10:]]):.3f}" for k in
                       ("mou", "vel", "adv", "cos", "orth", "info", "cts")))
     assert np.mean(rec[-10:]) < 0.6 * np.mean(rec[:10])
-    assert [h["stage"] for h in history] == [1] * 15 + [2] * 45
+    assert [h["stage"] for h in history] == [1] * 12 + [2] * 38
     pt = PTalkerOptions()
     for h in history:  # eq. 13 and eq. 14 from the logged terms
         assert h["motion"] == pytest.approx(h["rec"] + h["mou"] + h["vel"], rel=1e-5)
@@ -317,7 +318,7 @@ def test_unseen_subject_style_from_a_reference_clip(multi, mode):
         std[name] = float(mouth_opening(talk.head, motion, talk.shape).std()) * 1000
     print(f"\n{mode}: predicted mouth-opening std {std['low']:.2f} mm with the 0.15 reference, {std['high']:.2f} mm "
           f"with the 0.35 reference (true ratio {0.35 / 0.15:.2f})")
-    assert std["high"] > 1.2 * std["low"]  # 1.3 measured (60 iterations); without the reference's effect 1.0
+    assert std["high"] > 1.2 * std["low"]  # 1.3 measured (50 iterations); without the reference's effect 1.0
     if mode == "parallel":
         assert std["high_npz"] == pytest.approx(std["high"], rel=1e-5)  # the same motion from a folder or an npz
     own = load_talk(root / "talk", subject=root / f"S{AMPLITUDES[0]}")
@@ -361,7 +362,7 @@ def test_pretrained_audio_encoders_offline(tmp_path, monkeypatch):
     speaker = _tiny_transformers("wav2vec2", tmp_path / "sid")
     emotion = _tiny_transformers("wav2vec2", tmp_path / "er")
     subjects = (make_subject(tmp_path / "A", seconds=3.0, seed=1), make_subject(tmp_path / "B", seconds=3.0, seed=2))
-    cfg = _config(subjects, tmp_path / "o", 2, pt=dict(style_frames=8, speaker_encoder=str(speaker),
+    cfg = _config(subjects, tmp_path / "o", 1, pt=dict(style_frames=8, speaker_encoder=str(speaker),
                                                        emotion_encoder=str(emotion)),
                   audio_encoder=f"hubert:{hubert}", seq_frames=8, batch_size=2, dim=16)
     _, head, datas = open_subjects(cfg)
