@@ -349,10 +349,7 @@ def style_space(model: FlameTalk, encoder: AudioEncoder, datas: list[TalkData], 
     subject, two panels: s_a + s_m (what the clip itself gives) and s = s_a + s_m + s_p. Written to ``path`` (PNG).
     Returns the leave-one-out nearest-centroid accuracy of the subject in each space (1 = the subjects' clips cluster
     apart), as ``{"clip_style_accuracy", "style_accuracy", "clips"}``."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # no pyplot: save_figure draws on an Agg canvas
 
     ctx = _context_frames(encoder, datas[0].fps)
     with torch.no_grad(), eval_mode(model, encoder):
