@@ -40,9 +40,9 @@ eq.     term                                                          code
 11      L_mou (the same on the mouth (lips) vertices)                 :func:`sequence_l2_loss`
 12      L_vel (the same on frame-to-frame differences)                :func:`velocity_l2_loss`
 13      L_motion = a1 L_rec + a2 L_mou + a3 L_vel                      :func:`motion_loss`
-14      L_all = b1 L_motion + b2 L_adv + b3 L_orth + b4 L_Info + b5    ``train._ptalker_terms`` with
-        L_cts (+ b_cos L_cos, which eq. 14 leaves out but §3.2          :class:`~.train.PTalkerOptions`
-        defines and Table 4 ablates)
+14      L_all = b1 L_motion + b2 L_adv + b3 L_orth + b4 L_Info + b5    :func:`~.train.fit_talk` (its PTalker
+        L_cts (+ b_cos L_cos, which eq. 14 leaves out but §3.2          step; the terms from ``_ptalker_terms``),
+        defines and Table 4 ablates)                                  weights :class:`~.train.PTalkerOptions`
 15      h_v' = sigma(sum_u alpha_vu W h_u)                             :class:`GraphAttentionLayer`,
                                                                       :class:`GraphAttentionEncoder`
 16      M^ = D(E_a^c(chi), E_m^c(E_G(M)), s), s = s_a + s_m + s_p     :meth:`~.model.FlameTalk.forward`
@@ -53,7 +53,10 @@ time-averaged audio and motion contents (eq. 6 does not define E); the top-k set
 the positive included, as written; L_orth and L_Info are applied to (s_a, a_{1:T}) and (s_m, c_{1:T}) and summed;
 L_adv averages the audio and the motion content classifiers' cross-entropies; eq. 5 is implemented as printed
 (minimising it raises the InfoNCE bound of the style/content mutual information, the opposite of the paper's stated
-aim; a negative ``--pt.beta-info`` turns it into a minimisation of that bound).
+aim; a negative ``--pt.beta-info`` turns it into a minimisation of that bound). The decoder's s_m in training comes
+from another random clip of the same subject (the losses use the target clip's own s_m), as at inference, where it
+comes from a reference clip; E_G sees motion on the mean identity (the project's motion is identity-free
+expression + jaw), and the content encoder is causal so that eq. 16 can run autoregressively on its own output.
 
 Shapes: B clips, T frames, M motion size, A audio feature size, d model width, N graph nodes, F node features.
 """
