@@ -178,10 +178,10 @@ class Batch:
         self.table.event(key, self.cells[key])
 
     def _submit(self, task: StageTask) -> None:
-        self.cells[task.key] = Cell(status="queued", since=time.perf_counter())
-        task.started_file.unlink(missing_ok=True)
         if self.executor is None:
             self.executor = self.make_executor()
+        self.cells[task.key] = Cell(status="queued", since=time.perf_counter())
+        task.started_file.unlink(missing_ok=True)
         self.executor.submit(task)
         self.table.event(task.key, self.cells[task.key])
 
