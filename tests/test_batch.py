@@ -129,10 +129,11 @@ def _cut(src: Path, dst: Path, start: float, seconds: float) -> Path:
 @pytest.mark.skipif(not ray_available(), reason="ray is not installed (pip install 'gaussian-flametalk[distributed]')")
 def test_ray_batch_two_good_clips_one_corrupt_and_a_rerun_that_does_nothing(shared_dir, tmp_path):
     videos = shared_dir / "data" / "videos"
-    if not (videos / "v1_german_news_anchor_20s.mp4").is_file() or not (videos / "v4_trump_oval_office_10s.mp4").is_file():
+    sources = ("v1_german_news_anchor_20s.mp4", "v4_trump_oval_office_10s.mp4")
+    if not all((videos / c).is_file() for c in sources):
         pytest.skip("the ../shared clips v1 and v4 are not there")
-    _cut(videos / "v1_german_news_anchor_20s.mp4", tmp_path / "anchor.mp4", 1.0, 2.5)
-    _cut(videos / "v4_trump_oval_office_10s.mp4", tmp_path / "office.mp4", 1.0, 2.5)
+    _cut(videos / sources[0], tmp_path / "anchor.mp4", 1.0, 2.5)
+    _cut(videos / sources[1], tmp_path / "office.mp4", 1.0, 2.5)
     (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)  # a header, no movie
     m = _yaml(tmp_path / "m.yaml", [{"video": "anchor.mp4"}, {"video": "office.mp4"}, {"video": "broken.mp4"}],
               {"head_model": f"ict:{shared_dir / 'headmodels/ict-facekit/FaceXModel'}", **QUICK})
@@ -178,7 +179,8 @@ def test_a_finished_batch_starts_nothing_and_reuses_every_stage(tmp_path):
     root = tmp_path / "root"
     for name in ("a", "b"):
         (root / name / "talk").mkdir(parents=True)
-        (root / name / "meta.json").write_text(json.dumps({"stage": "track", "figures": {"reprojection_error_iod": 0.02}}))
+        track = {"stage": "track", "figures": {"reprojection_error_iod": 0.02}}
+        (root / name / "meta.json").write_text(json.dumps(track))
         (root / name / "talk" / "meta.json").write_text(json.dumps({"stage": "train-talk", "test": {
             name: {"lve_mm": 1.5, "baseline_lve_mm": 2.0}}}))
     (root / "talk-prior").mkdir()

@@ -175,7 +175,8 @@ def _clip(entry: dict[str, Any], defaults: dict[str, Any], base: Path) -> Clip:
             raise ValueError(f"{stage}: expected a mapping of options")
         if merged:
             options[stage] = merged
-    return Clip(name=name, video=video, head_model=_head_model(entry.get("head_model", defaults.get("head_model")), base),
+    head_model = _head_model(entry.get("head_model", defaults.get("head_model")), base)
+    return Clip(name=name, video=video, head_model=head_model,
                 speech=tuple(_coerce(s.strip() if isinstance(s, str) else s, Path, base) for s in speech),
                 options=options)
 

@@ -115,7 +115,8 @@ def main() -> None:
           f"{args.dataset_hours:g} h: track {track_rate:.2f} s per video second, train-avatar {avatar_clip:.0f} s per "
           f"clip -> {total / 3600:.1f} task-hours; on {args.nodes} nodes x {args.slots_per_node} slots: "
           f"{total / slots / 3600:.1f} h")
-    report = {"runs": runs, "clip_seconds": seconds, "track_s_per_video_s": track_rate, "avatar_s_per_clip": avatar_clip}
+    report = {"runs": runs, "clip_seconds": seconds, "track_s_per_video_s": track_rate,
+              "avatar_s_per_clip": avatar_clip}
     (args.out / f"bench_batch{'_' + args.only if args.only else ''}.json").write_text(json.dumps(report, indent=1))
 
 
