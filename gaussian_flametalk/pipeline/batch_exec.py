@@ -129,8 +129,8 @@ class RayExecutor:
         if address:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="error")
         else:
-            n = local_workers(workers, resources)
-            ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False, logging_level="error")
+            n = local_workers(workers, resources)  # "local": a Ray of its own, never a cluster found on this machine
+            ray.init(address="local", num_cpus=n, include_dashboard=False, log_to_driver=False, logging_level="error")
         total = ray.cluster_resources()
         self.workers = int(total.get("CPU", 1))
         self.has_gpu = total.get("GPU", 0) > 0
