@@ -5,6 +5,7 @@ the good clips finish, the bad one fails with its message, and a re-run does no 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from gaussian_flametalk.errors import GftError
 from gaussian_flametalk.io.media import ffmpeg_exe
 from gaussian_flametalk.pipeline.batch import BatchConfig, batch, make_plan
-from gaussian_flametalk.pipeline.batch_exec import parse_resources, ray_available
+from gaussian_flametalk.pipeline.batch_exec import local_workers, parse_resources, ray_available
 from gaussian_flametalk.pipeline.batch_stages import finished_meta
 from gaussian_flametalk.pipeline.manifest import ManifestError, read_manifest
 
@@ -91,7 +92,11 @@ def test_options_resources_and_manifest_files_are_checked():
         BatchConfig(manifest=Path("m.yaml"), out=Path("r"), stages="track,train-avatr")
     with pytest.raises(ValueError, match="--resources"):
         BatchConfig(manifest=Path("m.yaml"), out=Path("r"), resources=("train-avatar.gpu=1",))
-    assert parse_resources(("train-avatar.gpus=0.5", "track.memory-gb=3"))["train-avatar"].gpus == 0.5
+    resources = parse_resources(("train-avatar.gpus=0.5", "track.memory-gb=3"))
+    assert resources["train-avatar"].gpus == 0.5 and resources["track"].memory_gb == 3
+    assert local_workers(3, resources) == 3
+    assert 1 <= local_workers(0, resources) <= (os.cpu_count() or 1)  # as many as the CPUs and memory fit
+    assert local_workers(0, parse_resources(("benchmark.memory_gb=100000",))) == 1  # one slot at least
     with pytest.raises(ManifestError, match="manifest not found"):
         read_manifest("/nonexistent/m.yaml")
 
