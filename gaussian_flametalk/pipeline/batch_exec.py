@@ -21,7 +21,8 @@ from ..errors import GftError
 from .batch_stages import StageOutcome, StageTask, one_line, run_stage
 from .manifest import PRIOR_STAGE
 
-__all__ = ["DEFAULT_RESOURCES", "RayExecutor", "Resources", "SequentialExecutor", "parse_resources", "ray_available"]
+__all__ = ["DEFAULT_RESOURCES", "RayExecutor", "Resources", "SequentialExecutor", "local_workers", "parse_resources",
+           "ray_available"]
 
 
 @dataclass(frozen=True)
