@@ -270,8 +270,8 @@ def multi(tmp_path_factory) -> tuple[Path, dict, dict[str, Path]]:
                      for i, a in enumerate(AMPLITUDES))
     unseen = {"low": make_subject(root / "unseen_low", seconds=8.0, seed=40, amplitude=0.15),
               "high": make_subject(root / "unseen_high", seconds=8.0, seed=41, amplitude=0.35)}
-    meta = train_talk(_config(subjects, root / "talk", 50, pt=dict(stage_switch=12, identity_dropout=0.5, gat_points=32),
-                              seq_frames=24))
+    pt = dict(stage_switch=12, identity_dropout=0.5, gat_points=32)
+    meta = train_talk(_config(subjects, root / "talk", 50, pt=pt, seq_frames=24))
     return root, meta, unseen
 
 

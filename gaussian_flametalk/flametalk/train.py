@@ -77,11 +77,12 @@ STAGE_GROUPS = ("audio_encoder", "decoder", "graph", "identity", "motion_style",
 class PTalkerOptions:
     """PTalker's options (``--pt.NAME``, used with ``--ptalker``); the weights carry the paper's symbols."""
 
-    style_frames: int = field(default=50, metadata={"min": 1, "help": "frames of a motion-style clip (training: another clip of "
-                                                           "the subject; inference: pieces of the reference)"})
-    identity_dropout: float = field(default=0.3, metadata={"min": 0, "max": 1, "help": "probability of hiding a clip's one-hot identity "
-                                                                   "(trains the unseen-subject path)"})
-    gat_points: int = field(default=128, metadata={"min": 1, "help": "E_G graph nodes (face-region vertex clusters)"})
+    style_frames: int = field(default=50, metadata={"min": 2, "help": "frames of a motion-style clip (training: "
+                                                           "another clip of the subject; inference: pieces of the "
+                                                           "reference)"})
+    identity_dropout: float = field(default=0.3, metadata={"min": 0, "max": 1, "help": "probability of hiding a clip's "
+                                                                   "one-hot identity (trains the unseen-subject path)"})
+    gat_points: int = field(default=128, metadata={"min": 2, "help": "E_G graph nodes (face-region vertex clusters)"})
     gat_layers: int = field(default=2, metadata={"min": 1, "help": "E_G graph attention layers"})
     speaker_encoder: str = field(default="", metadata={
         "help": "E_a^s speaker-identification network W_s: a wav2vec2 hub id or local folder (e.g. "
@@ -89,7 +90,8 @@ class PTalkerOptions:
                 "the audio encoder's features"})
     emotion_encoder: str = field(default="", metadata={
         "help": "E_a^s emotion network W_e: a wav2vec2 hub id or local folder (e.g. superb/wav2vec2-base-superb-er)"})
-    stage_switch: int = field(default=200, metadata={"min": 0, "help": "iteration where stage 2 (everything trainable) starts"})
+    stage_switch: int = field(default=200, metadata={"min": 0, "help": "iteration where stage 2 (everything trainable) "
+                                                                       "starts"})
     stage1_frozen: tuple[str, ...] = field(default=("identity", "motion_style", "audio_style"), metadata={
         "help": f"parameter groups frozen in stage 1 ({', '.join(STAGE_GROUPS)}); default the style encoders"})
     alpha_rec: float = field(default=1.0, metadata={"min": 0, "help": "eq. 13 a1: reconstruction L_rec"})
@@ -98,35 +100,30 @@ class PTalkerOptions:
     beta_motion: float = field(default=1.0, metadata={"min": 0, "help": "eq. 14 b1: L_motion"})
     beta_adv: float = field(default=0.1, metadata={"min": 0, "help": "eq. 14 b2: adversarial L_adv"})
     beta_orth: float = field(default=0.1, metadata={"min": 0, "help": "eq. 14 b3: orthogonality L_orth"})
-    beta_info: float = field(default=0.1, metadata={"min": 0, "help": "eq. 14 b4: L_Info (eq. 5 as printed)"})
+    beta_info: float = field(default=0.1, metadata={"help": "eq. 14 b4: L_Info (eq. 5 as printed; minimising it raises "
+                                                            "the InfoNCE bound of style/content information, a "
+                                                            "negative b4 lowers it)"})
     beta_cts: float = field(default=0.1, metadata={"min": 0, "help": "eq. 14 b5: L_cts = L_Top-k + L_KL"})
     beta_cos: float = field(default=0.1, metadata={"min": 0, "help": "style similarity L_cos (eq. 3; not in eq. 14)"})
     cos_weights: tuple[float, ...] = field(default=(1.0, 1.0, 1.0), metadata={
         "help": "eq. 3 w1 w2 w3: (s_a, s_m), (s_a, s_p), (s_m, s_p)"})
-    grl_alpha: float = field(default=1.0, metadata={"min": 0, "help": "alpha_c, the gradient-reversal strength (eq. 1)"})
-    tau: float = field(default=0.1, metadata={"above": 0, "help": "temperature of L_Info and of the similarities of L_Top-k"})
+    grl_alpha: float = field(default=1.0, metadata={"min": 0, "help": "alpha_c, the gradient-reversal strength "
+                                                                      "(eq. 1)"})
+    tau: float = field(default=0.1, metadata={"above": 0, "help": "temperature of L_Info and of the similarities of "
+                                                                  "L_Top-k"})
     topk: int = field(default=3, metadata={"min": 1, "help": "k of L_Top-k (eq. 6)"})
     topk_alpha: float = field(default=1.0, metadata={"min": 0, "help": "eq. 6 alpha (positive weight)"})
-    topk_beta: float = field(default=1.0, metadata={"min": 0, "help": "eq. 6 beta (negative weight)"})
-    topk_lambda: float = field(default=0.5, metadata={"min": 0, "max": 1, "help": "eq. 7 lambda (audio->content share)"})
+    topk_beta: float = field(default=1.0, metadata={"above": 0, "help": "eq. 6 beta (negative weight)"})
+    topk_lambda: float = field(default=0.5, metadata={"min": 0, "max": 1, "help": "eq. 7 lambda (audio->content "
+                                                                              "share)"})
 
     def __post_init__(self) -> None:
         unknown = [g for g in self.stage1_frozen if g not in STAGE_GROUPS]
         if unknown:
             raise ValueError(f"unknown --pt.stage1-frozen groups {unknown} (choose from {', '.join(STAGE_GROUPS)})")
-        checks = [(self.style_frames >= 2, f"--pt.style-frames must be at least 2 (got {self.style_frames})"),
-                  (0 <= self.identity_dropout <= 1, f"--pt.identity-dropout must be in [0, 1] (got "
-                                                    f"{self.identity_dropout})"),
-                  (len(self.cos_weights) == 3, f"--pt.cos-weights takes three weights w1 w2 w3 (got "
-                                               f"{len(self.cos_weights)})"),
-                  (self.tau > 0, f"--pt.tau must be positive (got {self.tau})"),
-                  (self.topk >= 1, f"--pt.topk must be at least 1 (got {self.topk})"),
-                  (self.topk_beta > 0, f"--pt.topk-beta must be positive (got {self.topk_beta})"),
-                  (0 <= self.topk_lambda <= 1, f"--pt.topk-lambda must be in [0, 1] (got {self.topk_lambda})"),
-                  (self.gat_points >= 2, f"--pt.gat-points must be at least 2 (got {self.gat_points})")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        if len(self.cos_weights) != 3:
+            raise ValueError(f"--pt.cos-weights takes three weights w1 w2 w3 (got {len(self.cos_weights)})")
+        validate(self, "pt.")  # the ranges in the fields' metadata
 
 
 @dataclass
@@ -292,8 +289,8 @@ def _stage_groups(model: FlameTalk, encoder: AudioEncoder) -> dict[str, list[tor
 
 
 def _ptalker_terms(model: FlameTalk, feats: torch.Tensor, waves: torch.Tensor, motion: torch.Tensor,
-                   history: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor, shown: torch.Tensor, fps: float,
-                   opts: PTalkerOptions) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+                   history: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor, shown: torch.Tensor,
+                   fps: float, opts: PTalkerOptions) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """PTalker's style, content and disentanglement / alignment losses of a batch (eqs. 1-9).
 
     Args: feats (B, 2T, A) audio features; waves (B, S) their audio; motion (B, T, M) the target clips; history

@@ -5,9 +5,9 @@
 
 Options are those of ``gft train-talk`` (both models use them identically; ``--ptalker`` is set per run) plus:
 
-- seen subjects (``--seen``, on by default): PTalker (``--ptalker``) and the template-style FlameTalk, each trained on every SUBJECT's training
-  frames; every SUBJECT's test split predicted from its audio (PTalker: its one-hot identity and its training frames
-  as the motion-style reference);
+- seen subjects (``--seen``, on by default): PTalker (``--ptalker``) and the template-style FlameTalk, each trained
+  on every SUBJECT's training frames; every SUBJECT's test split predicted from its audio (PTalker: its one-hot
+  identity and its training frames as the motion-style reference);
 - unseen subject (``--loso``, on by default): each SUBJECT in turn is left out, both models are trained on the others
   and drive it without fine-tuning (PTalker: no one-hot, motion style from the left-out subject's training frames as
   the reference clip; the template model: its template mesh);
