@@ -6,6 +6,7 @@ picture), the style of an unseen subject from a reference motion clip, and the p
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -323,6 +324,18 @@ def test_unseen_subject_style_from_a_reference_clip(multi, mode):
         assert std["high_npz"] == pytest.approx(std["high"], rel=1e-5)  # the same motion from a folder or an npz
     own = load_talk(root / "talk", subject=root / f"S{AMPLITUDES[0]}")
     assert own.subject_index == 0 and own.reference.shape == (160, own.model.spec.motion_dim)
+
+
+def test_checkpoints_of_the_earlier_ptalker_are_refused_clearly(multi, tmp_path):
+    root, _, _ = multi
+    old = tmp_path / "talk"
+    shutil.copytree(root / "talk", old)
+    state = torch.load(old / "checkpoint.pt", weights_only=False)
+    state["model"] = {("ptalker.mesh." + k[len("ptalker.graph."):] if k.startswith("ptalker.graph.") else k): v
+                      for k, v in state["model"].items()}
+    torch.save(state, old / "checkpoint.pt")
+    with pytest.raises(ValueError, match="checkpoint.pt: trained with the earlier PTalker approximation"):
+        load_talk(old)
 
 
 def test_resume_across_the_stage_switch(tmp_path):

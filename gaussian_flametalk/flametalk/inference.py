@@ -128,7 +128,14 @@ def load_talk(folder: str | os.PathLike, subject: str | os.PathLike | None = Non
         raise ValueError(f"{subj.root}: its head model has motion size {head.motion_dim}, the model in {folder} "
                          f"{spec.motion_dim}: drive a subject tracked with the training head model")
     model = FlameTalk(spec, head if spec.ptalker else None).to(device)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        older = spec.ptalker and any(k.startswith("ptalker.mesh.") for k in state["model"])
+        raise ValueError(f"{ckpt_path}: " + ("trained with the earlier PTalker approximation (a template-mesh encoder), "
+                                             "not PTalker as the paper describes it: retrain it with gft train-talk "
+                                             "--ptalker" if older else f"the weights do not fit the saved spec ({e})")
+                         ) from None
     model.eval()
     encoder.eval()
     params = subj.params()
