@@ -9,11 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from gaussian_flametalk.io.audio import SAMPLE_RATE, load_audio
 from gaussian_flametalk.demo_subject.subject import espeak_exe
 from gaussian_flametalk.scripts.gft import main as gft_main
 from gaussian_flametalk.io.media import iter_frames, probe_video
+from test_crash import gft_killed
 
 
 def _espeak_available() -> bool:
@@ -62,17 +64,23 @@ def test_rerun_reuses_and_interrupted_run_finishes(quick_demo):
     assert gft_main(["demo", "--quick", "--out", str(quick_demo), "--no-progress"]) == 0
     s = json.loads((quick_demo / "summary.json").read_text())
     assert all(s["reused"].values()), s["reused"]
-    # a run killed during train-talk leaves its checkpoint but no meta.json, and no drive or eval output
-    (quick_demo / "subject" / "talk" / "meta.json").unlink()
+    # a run SIGKILLed during train-talk (after its first checkpoint) finishes when run again, resuming there
+    shutil.rmtree(quick_demo / "subject" / "talk")
     shutil.rmtree(quick_demo / "eval")
     for name in ("driven.mp4", "driven.meta.json"):
         (quick_demo / name).unlink()
+    ckpt = quick_demo / "subject" / "talk" / "checkpoint.pt"
+    gft_killed(["demo", "--quick", "--out", str(quick_demo), "--no-progress"], ckpt.is_file)
+    assert not (quick_demo / "subject" / "talk" / "meta.json").exists() and not (quick_demo / "driven.mp4").exists()
+    at_kill = int(torch.load(ckpt, map_location="cpu", weights_only=False)["iteration"])
     assert gft_main(["demo", "--quick", "--out", str(quick_demo), "--no-progress"]) == 0
     s = json.loads((quick_demo / "summary.json").read_text())
     assert s["reused"]["track"] and s["reused"]["train-avatar"]
     assert not s["reused"]["train-talk"] and not s["reused"]["drive"] and not s["reused"]["eval"]
     talk = json.loads((quick_demo / "subject" / "talk" / "meta.json").read_text())
-    assert talk["resumed_from"] == talk["iterations"] and talk["iterations_run"] == 0  # resumed, not retrained
+    assert talk["resumed_from"] == at_kill > 0 and talk["iterations_run"] == talk["iterations"] - at_kill
+    print(f"\ndemo: killed in train-talk with its checkpoint at {at_kill}; the re-run reused track and train-avatar "
+          f"and redid {talk['iterations_run']} of {talk['iterations']} FlameTalk iterations")
     assert (quick_demo / "driven.mp4").is_file() and (quick_demo / "eval" / "metrics.json").is_file()
 
 
