@@ -216,7 +216,7 @@ def _one_error_line(capsys, command: str) -> str:
 
 
 def test_drive_into_a_full_filesystem_is_refused_before_rendering(files, mount, capsys):
-    folder = mount("size=16k")  # the 1 s drive at 96 px needs about 34 kB by the estimate
+    folder = mount("size=4k")  # one page; the 1 s drive at 96 px needs about 14 kB by the estimate
     earlier = folder / "earlier.txt"
     earlier.write_text("a finished output from before")
     out = folder / "x.mp4"

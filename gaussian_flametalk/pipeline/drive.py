@@ -83,9 +83,9 @@ def blink_components(model: HeadModel) -> list[int]:
     return [i for i, name in enumerate(model.expression_names) if "blink" in name.lower()]
 
 
-#: an upper bound of H.264's output size relative to raw RGB at the encoder settings of write_video (measured output
-#: is 1-3 %), for the free-space check before rendering
-ENCODED_BYTES_PER_RAW_BYTE = 0.05
+#: a generous bound of H.264's output size relative to raw RGB at the encoder settings of write_video (measured: 0.2 %
+#: for v2's 1080x1920 full frames, 0.6 % for v1's 256 px crops), for the free-space check before rendering
+ENCODED_BYTES_PER_RAW_BYTE = 0.02
 
 
 def drive_params(sequence: HeadParams, motion: dict[str, torch.Tensor], source: np.ndarray,
