@@ -216,11 +216,13 @@ def _one_error_line(capsys, command: str) -> str:
 
 
 def test_drive_into_a_full_filesystem_is_refused_before_rendering(files, mount, capsys):
-    folder = mount("size=4k")  # one page; the 1 s drive at 96 px needs about 14 kB by the estimate
+    folder = mount("size=16k")  # the 4 s drive at 96 px needs about 55 kB by the estimate
     earlier = folder / "earlier.txt"
     earlier.write_text("a finished output from before")
+    speech = files["root"] / "four_seconds.wav"
+    save_wav(speech, np.zeros(4 * 16000, np.float32))
     out = folder / "x.mp4"
-    status = gft_main(["drive", str(files["subject"]), str(files["silent_wav"]), "--out", str(out), "--no-progress"])
+    status = gft_main(["drive", str(files["subject"]), str(speech), "--out", str(out), "--no-progress"])
     assert status == 2
     line = _one_error_line(capsys, "drive")
     assert str(folder) in line and "MB free" in line
@@ -282,3 +284,14 @@ def test_a_failed_drive_rerun_leaves_no_stale_meta_and_keeps_the_video(files, mo
                      "--no-progress"]) == 2
     assert not meta.exists()  # the new run did not finish: no meta.json says so
     assert out.read_bytes() == video  # the earlier video is untouched
+
+
+def test_a_filesystem_full_to_the_last_byte_is_one_line_naming_the_folder(files, mount, capsys):
+    folder = mount("size=4k")
+    (folder / "filler").write_bytes(b"x" * 4096)  # not a byte left, not even for the stage lock
+    status = gft_main(["drive", str(files["subject"]), str(files["silent_wav"]), "--out", str(folder / "x.mp4"),
+                       "--no-progress"])
+    assert status == 2
+    line = _one_error_line(capsys, "drive")
+    assert str(folder) in line and "No space left" in line
+    assert sorted(p.name for p in folder.iterdir()) == ["filler"]  # no empty lock or temporary left behind

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import StageBusyError
+from ..errors import GftError, StageBusyError
 
 __all__ = ["lock_path", "stage_lock"]
 
@@ -53,8 +53,12 @@ def stage_lock(target: str | os.PathLike, stage: str) -> Iterator[Path]:
                 continue
             raise StageBusyError(f"{target}: being written by gft {other.get('stage', '?')} (pid {pid} on {host}, lock "
                                  f"{path}); wait for it, or delete the lock if that process is gone") from None
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+        except OSError as e:  # a full or failing file system: say where, and leave no empty lock behind
+            path.unlink(missing_ok=True)
+            raise GftError(f"{path}: cannot write the stage lock ({e.strerror or e})") from None
         break
     try:
         yield path
