@@ -15,15 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gaussian_flametalk.avatar.train import AvatarConfig, train_avatar
-from gaussian_flametalk.flametalk.train import TalkConfig, train_talk
 from gaussian_flametalk.io.audio import save_wav
 from gaussian_flametalk.io.media import ffmpeg_exe, write_video
 from gaussian_flametalk.scripts.gft import main as gft_main
-from test_avatar import make_subject
-from test_flametalk import speech_like
-
-N_FRAMES = 24
+from test_drive import trained_subject  # noqa: F401 - the fixture
 
 
 def _ffmpeg(*args: str) -> None:
@@ -31,18 +26,13 @@ def _ffmpeg(*args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
+def files(tmp_path_factory, trained_subject) -> dict[str, Path]:
     """Every input the matrix needs, made once."""
     root = tmp_path_factory.mktemp("bad")
     f: dict[str, Path] = {"root": root}
-    # --- a trained SUBJECT (synthetic head), and copies of it with one stage missing
-    subject = make_subject(root / "S", n=N_FRAMES, size=96)
-    samples, _ = speech_like(N_FRAMES / 25.0, seed=5)
-    save_wav(subject / "audio.wav", samples)
-    train_avatar(AvatarConfig(subject=subject, iterations=10, resolution=96, progress=False, regions=(),
-                              sh_degree=0, densify_every=0, opacity_resets=0, grid_frames=1))
-    train_talk(TalkConfig(subjects=(subject,), iterations=3, seq_frames=8, batch_size=1, dim=16, heads=2,
-                          mel_dim=16, progress=False, window=16, overlap=4))
+    # --- a trained SUBJECT (test_drive's synthetic one, copied: cases write beside it), copies with a stage missing
+    subject = root / "S"
+    shutil.copytree(trained_subject, subject)
     f["subject"] = subject
     no_avatar = root / "no_avatar"
     shutil.copytree(subject, no_avatar, ignore=shutil.ignore_patterns("avatar"))
