@@ -8,7 +8,9 @@ by the static background plate.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +65,9 @@ class AvatarRenderer:
         self.dilate = max(1, round(0.02 * resolution))
         with torch.no_grad():
             self.appearance = tuple(t.detach() for t in self.gaussians.appearance())
+            g = self.gaussians
+            if not all(bool(torch.isfinite(t).all()) for t in (*self.appearance, g.xyz, g.rotation, g.log_scale)):
+                raise ValueError("the avatar's Gaussians hold NaN or inf values: retrain it (gft train-avatar)")
         self._cuts: dict[int, float] = {}
 
     @torch.no_grad()
@@ -128,10 +133,14 @@ class AvatarRenderer:
 
         from .train import render_vertices
 
-        image, alpha, _ = render_vertices(self.gaussians, verts.to(self.device), self.model.faces, self.camera,
-                                          self.sh_degree, self.appearance)
+        verts = verts.to(self.device)
+        if not bool(torch.isfinite(verts).all()):
+            raise ValueError("the posed mesh holds NaN or inf values")
+        # the avatar was checked once in __init__: no per-frame scan of its 16 SH bands
+        image, alpha, _ = render_vertices(self.gaussians, verts, self.model.faces, self.camera, self.sh_degree,
+                                          self.appearance, check_finite=False)
         cut = self._source_cut(int(source))
-        chin, height = chin_rows(self.model.landmarks(verts.to(self.device)), self.camera)
+        chin, height = chin_rows(self.model.landmarks(verts), self.camera)
         cut = max(cut, float(chin[0] + CHIN_MARGIN * height[0]))  # a jaw opened wider than the source's stays whole
         size = (self.size, self.size)
         frame = cv2.resize(self.subject.frame(source), size, interpolation=cv2.INTER_AREA)
@@ -141,6 +150,42 @@ class AvatarRenderer:
         a = alpha[0, ..., 0].cpu().numpy()
         out = composite(image[0].cpu().numpy(), a, frame, region, self.static, keep)
         return out, np.maximum(a * keep, region).astype(np.float32)
+
+    def frames(
+        self, verts: torch.Tensor, sources: np.ndarray,
+        finish: Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None = None, workers: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Composited frames of the meshes ``verts`` (B, V, 3) over source frames ``sources`` (B,), in order:
+        :meth:`frame_and_weight` of each, then ``finish(frame, weight, source)`` when given (e.g. a full-frame paste).
+
+        On the CPU, ``workers`` frames (default ``torch.get_num_threads()``) are made at a time, each on one thread
+        (torch's and the kernels' thread count is 1 while the iterator runs, then restored): on two cores about 1.6x
+        the throughput of one frame at a time on both, since a frame's serial parts (binning, the numpy compositing,
+        JPEG decoding) overlap. On CUDA, one frame at a time. Yields (size, size, 3) uint8, or what ``finish`` returns.
+        """
+        def make(t: int) -> np.ndarray:
+            img, weight = self.frame_and_weight(verts[t:t + 1], int(sources[t]))
+            return finish(img, weight, int(sources[t])) if finish is not None else img
+
+        n = int(verts.shape[0])
+        workers = 1 if self.device.type != "cpu" else int(workers or torch.get_num_threads())
+        if workers <= 1:
+            for t in range(n):
+                yield make(t)
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="gft-frame") as pool:
+                pending: deque = deque()
+                for t in range(n):
+                    pending.append(pool.submit(make, t))
+                    if len(pending) >= 2 * workers:  # a bounded look-ahead: frames wait only briefly in memory
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+        finally:
+            torch.set_num_threads(threads)
 
 
 def load_params(path: str | Path, device: torch.device | str = "cpu") -> HeadParams:
@@ -163,6 +208,7 @@ def render_sequence(
     resolution: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    chunk: int = 64,
 ) -> Iterator[np.ndarray]:
     """Whole composited frames of the avatar driven by ``params``.
 
@@ -170,7 +216,7 @@ def render_sequence(
         subject: the SUBJECT (folder); avatar_dir: its trained avatar (default SUBJECT/avatar).
         params: B frames of head parameters (the subject's head model).
         source_frames: (B,) source frame per output frame (default: forward-backward loop over the clip).
-        resolution: output size (default the training resolution).
+        resolution: output size (default the training resolution); chunk: frames posed at once.
     Yields:
         (resolution, resolution, 3) uint8 RGB frames.
     """
@@ -187,8 +233,13 @@ def render_sequence(
         raise ValueError(f"source_frames must be {params.batch} indices in 0..{subject.n_frames - 1}")
     params = params.to(renderer.device)
     renderer.prepare_sources(src)
-    for t in tqdm(range(params.batch), desc="render-avatar", unit="frame", disable=not progress):
-        yield renderer.frame(params[t:t + 1], int(src[t]))
+    with tqdm(total=params.batch, desc="render-avatar", unit="frame", disable=not progress) as bar:
+        for a in range(0, params.batch, chunk):  # meshes posed a chunk at a time, frames made in parallel
+            with torch.no_grad():
+                verts = renderer.model.forward_params(params[a:a + chunk])
+            for frame in renderer.frames(verts, src[a:a + chunk]):
+                bar.update()
+                yield frame
 
 
 @dataclass

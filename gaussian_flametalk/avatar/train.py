@@ -333,16 +333,17 @@ def render_frames(
 
 def render_vertices(
     gaussians: BoundGaussians, verts: torch.Tensor, faces: torch.Tensor, camera: Camera, sh_degree: int,
-    appearance: tuple[torch.Tensor, torch.Tensor] | None = None,
+    appearance: tuple[torch.Tensor, torch.Tensor] | None = None, check_finite: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, object]:
     """Render posed meshes (B, V, 3) over black: image (B, H, W, 3), alpha (B, H, W, 1), RenderInfo.
 
-    ``appearance``: ``gaussians.appearance()`` computed once by a caller that renders many frames without gradients.
+    ``appearance``: ``gaussians.appearance()`` computed once by a caller that renders many frames without gradients;
+    ``check_finite``: as :func:`~.rasterize.render`'s (False for a caller that checked the avatar and meshes itself).
     """
     means, quats, scales = gaussians.pose(verts, faces)
     opac, sh = appearance if appearance is not None else gaussians.appearance()
     bg = torch.zeros(3, dtype=means.dtype, device=means.device)
-    return render(means, quats, scales, opac, sh, [camera] * verts.shape[0], bg, sh_degree)
+    return render(means, quats, scales, opac, sh, [camera] * verts.shape[0], bg, sh_degree, check_finite=check_finite)
 
 
 def regularisers(gaussians: BoundGaussians, cfg: AvatarConfig) -> torch.Tensor:

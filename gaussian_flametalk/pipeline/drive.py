@@ -27,9 +27,11 @@ reference of ``--self-reenact`` is the original frames too.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -64,7 +66,8 @@ class DriveConfig:
     style_reference: Path | None = field(default=None, metadata={
         "help": "speaking style from this SUBJECT folder or motion npz (a FlameTalk trained with --ptalker)"})
     avatar: Path | None = field(default=None, metadata={"help": "avatar folder (default SUBJECT/avatar)"})
-    mode: str = field(default="autoregressive", metadata={"help": "FlameTalk inference: autoregressive or parallel"})
+    mode: Literal["autoregressive", "parallel"] = field(default="autoregressive", metadata={
+        "help": "FlameTalk inference: autoregressive (each frame fed back, as trained) or parallel (one pass)"})
     resolution: int | None = field(default=None, metadata={"min": 16, "help": "render size (default: the avatar's training "
                                                                     "resolution)"})
     full_frame: bool | None = field(default=None, metadata={
@@ -152,6 +155,7 @@ class FullFrames:
         self.feather = max(2, round(0.03 * crop.size)) if feather is None else feather
         self._frames: list[bytes] = []
         self._reader = None
+        self._lock = threading.Lock()
         self._edge = self._edge_weight()
         self.shape: tuple[int, int] | None = None
 
@@ -166,21 +170,23 @@ class FullFrames:
         """Original frame ``i`` (H, W, 3) uint8 RGB."""
         import cv2
 
-        if self._reader is None and not self._frames:
-            self._reader = iter_frames(self.path, fps=self.fps)
-        while len(self._frames) <= i:
-            if self._reader is None:
-                raise IndexError(f"{self.path}: frame {i} asked for, the video has {len(self._frames)} at "
-                                 f"{self.fps:g} fps")
-            try:
-                rgb = next(self._reader)
-            except StopIteration:
-                self._reader = None
-                continue
-            self.shape = rgb.shape[:2]
-            ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 97])
-            self._frames.append(buf.tobytes())
-        return cv2.imdecode(np.frombuffer(self._frames[i], np.uint8), cv2.IMREAD_COLOR)[..., ::-1].copy()
+        with self._lock:  # one reader: frames may be asked for by several rendering threads
+            if self._reader is None and not self._frames:
+                self._reader = iter_frames(self.path, fps=self.fps)
+            while len(self._frames) <= i:
+                if self._reader is None:
+                    raise IndexError(f"{self.path}: frame {i} asked for, the video has {len(self._frames)} at "
+                                     f"{self.fps:g} fps")
+                try:
+                    rgb = next(self._reader)
+                except StopIteration:
+                    self._reader = None
+                    continue
+                self.shape = rgb.shape[:2]
+                ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 97])
+                self._frames.append(buf.tobytes())
+            data = self._frames[i]
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1].copy()
 
     def paste(self, rendered: np.ndarray, weight: np.ndarray, i: int) -> np.ndarray:
         """Original frame ``i`` with the rendered crop (s, s, 3) blended in by ``weight`` (s, s) (where the render
@@ -303,13 +309,16 @@ def _drive(cfg: DriveConfig, subject: Subject, avatar_dir: Path, talk_dir: Path,
     render_seconds = [0.0]
 
     def frames():
-        for t in tqdm(range(n_frames), desc="drive", unit="frame", disable=not cfg.progress, dynamic_ncols=True):
-            t1 = time.perf_counter()
-            img, weight = renderer.frame_and_weight(verts[t:t + 1], int(source[t]))
-            if full is not None:
-                img = full.paste(img, weight, int(source[t]))
-            render_seconds[0] += time.perf_counter() - t1
-            yield img
+        made = renderer.frames(verts, source, full.paste if full is not None else None)
+        with tqdm(total=n_frames, desc="drive", unit="frame", disable=not cfg.progress, dynamic_ncols=True) as bar:
+            while True:
+                t1 = time.perf_counter()  # the wait for the next frame: the frames are made in parallel workers
+                img = next(made, None)
+                render_seconds[0] += time.perf_counter() - t1
+                if img is None:
+                    return
+                bar.update()
+                yield img
 
     try:
         t0 = time.perf_counter()

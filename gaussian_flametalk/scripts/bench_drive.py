@@ -14,6 +14,7 @@ import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -27,7 +28,7 @@ class BenchDriveConfig:
     subject: Path = field(metadata={"help": "SUBJECT with a trained avatar and FlameTalk"})
     speech: Path = field(metadata={"help": "speech file to drive with"})
     resolutions: tuple[int, ...] = field(default=(256,), metadata={"help": "output sizes to time"})
-    mode: str = field(default="autoregressive", metadata={"help": "FlameTalk inference mode"})
+    mode: Literal["autoregressive", "parallel"] = field(default="autoregressive", metadata={"help": "FlameTalk inference mode"})
     device: str = field(default="auto", metadata={
         "help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     out: Path | None = field(default=None, metadata={"help": "folder for the videos (default: a temporary one)"})
