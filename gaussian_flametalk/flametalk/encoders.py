@@ -99,6 +99,9 @@ class AudioEncoder(nn.Module):
         """Called once per training clip before its pieces are encoded (an encoder that decodes whole clips, like
         ``phonetic``, caches the clip here); nothing to do for the others."""
 
+    def release(self, wave: np.ndarray | torch.Tensor) -> None:
+        """Forget a clip given to :meth:`prepare` (an offline prediction's speech, once predicted)."""
+
 
 class MelEncoder(AudioEncoder):
     """Log-mel spectrogram + convolution stack (no pretrained weights)."""

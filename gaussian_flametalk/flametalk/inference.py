@@ -42,9 +42,17 @@ class TalkModel:
     projector: MotionProjector | None = None
 
     def predict(self, wave: np.ndarray, mode: str = "autoregressive") -> np.ndarray:
-        """(S,) 16 kHz -> (T, M) motion, mapped by ``projector`` (the subject's tracked distribution) when set."""
-        motion = predict(self.model, self.encoder, wave, self.template, self.fps, mode, self.window, self.overlap,
-                         subject=self.subject_index, reference=self.reference)
+        """(S,) 16 kHz -> (T, M) motion, mapped by ``projector`` (the subject's tracked distribution) when set.
+
+        The whole speech is known here, so it is handed to the encoder first (``phonetic`` decodes it once and the
+        windows take their phones from that, as in training and in train-talk's test figures; the streaming
+        predictor instead decodes each window with its context, which costs twice the decoding)."""
+        self.encoder.prepare(wave)
+        try:
+            motion = predict(self.model, self.encoder, wave, self.template, self.fps, mode, self.window,
+                             self.overlap, subject=self.subject_index, reference=self.reference)
+        finally:
+            self.encoder.release(wave)
         return self.projector(motion) if self.projector is not None else motion
 
     def predict_file(self, path: str | os.PathLike, mode: str = "autoregressive") -> dict[str, np.ndarray]:

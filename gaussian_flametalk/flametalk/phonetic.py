@@ -356,6 +356,12 @@ class PhoneticEncoder(AudioEncoder):
             self._sources.append((x.copy(), segs))
         return segs
 
+    def release(self, wave: np.ndarray | torch.Tensor) -> None:
+        """Forget a prepared clip (its decoding stays in the LRU cache)."""
+        x = self._as_numpy(wave)
+        self._sources = [(src, segs) for src, segs in self._sources if not (src.size == x.size and
+                                                                              np.array_equal(src, x))]
+
     @staticmethod
     def _as_numpy(wave) -> np.ndarray:
         if isinstance(wave, torch.Tensor):
@@ -425,6 +431,9 @@ class MelPhoneticEncoder(AudioEncoder):
 
     def prepare(self, wave: np.ndarray | torch.Tensor) -> list[Segment]:
         return self.phonetic.prepare(wave)
+
+    def release(self, wave: np.ndarray | torch.Tensor) -> None:
+        self.phonetic.release(wave)
 
     def forward(self, wave: torch.Tensor, n_frames: int, fps: float = 25.0) -> torch.Tensor:
         return torch.cat([self.mel(wave, n_frames, fps), self.phonetic(wave, n_frames, fps)], dim=-1)
