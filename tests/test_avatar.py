@@ -24,6 +24,7 @@ from gaussian_flametalk.avatar.sequence import load_params, render_sequence
 from gaussian_flametalk.avatar.sh import rgb_to_sh
 from gaussian_flametalk.avatar.train import (
     AvatarConfig,
+    DensifyOptions,
     TrainData,
     fit_avatar,
     render_frames,
@@ -71,17 +72,18 @@ def _train_data(n=60, size=128) -> tuple[TrainData, object]:
     return TrainData(images, torch.ones(n, size, size, 1, dtype=torch.bool), params, cam, tr, te), model
 
 
-def _cfg(tmp_path: Path, **kw) -> AvatarConfig:
+def _cfg(tmp_path: Path, densify: dict | None = None, **kw) -> AvatarConfig:
+    """The tests' small config; ``densify``: DensifyOptions fields over no densification and no reset."""
     base = {"subject": tmp_path, "progress": False, "regions": (), "init_opacity": 0.5, "sh_degree": 0,
-            "densify_every": 0, "opacity_resets": 0, "checkpoint_every": 10**6}
+            "checkpoint_every": 10**6}
     base.update(kw)
-    return AvatarConfig(**base)
+    return AvatarConfig(densify=DensifyOptions(**{"every": 0, "opacity_resets": 0, **(densify or {})}), **base)
 
 
 def test_self_consistency_synthetic(tmp_path):
     data, model = _train_data()
     t0 = time.perf_counter()
-    cfg = _cfg(tmp_path, iterations=200, densify_start=0.5, densify_end=1.0, densify_every=100, tune_params=False)
+    cfg = _cfg(tmp_path, iterations=200, densify=dict(start=0.5, end=1.0, every=100), tune_params=False)
     result = fit_avatar(data, model, cfg, tmp_path / "avatar")
     dt = time.perf_counter() - t0
     print(f"\nself-consistency: held-out PSNR {result.test['psnr']:.2f} dB, SSIM {result.test['ssim']:.4f}, "
@@ -95,7 +97,7 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
     import gaussian_flametalk.avatar.train as train_module
 
     data, model = _train_data(n=30, size=96)
-    kw = {"densify_start": 1 / 3, "densify_end": 1.0, "densify_every": 40, "checkpoint_every": 30, "tune_params": True}
+    kw = {"densify": dict(start=1 / 3, end=1.0, every=40), "checkpoint_every": 30, "tune_params": True}
     straight = fit_avatar(data, model, _cfg(tmp_path, iterations=120, **kw), tmp_path / "straight")
     real_render, calls = train_module.render_frames, {"n": 0}
 
@@ -204,9 +206,9 @@ def test_real_clip_ict_bounded_cpu_run(shared_dir, tmp_path):
     subject = tmp_path / "v1"
     track(TrackConfig(video=clip, out=subject, head_model=f"ict:{shared_dir / 'headmodels/ict-facekit/FaceXModel'}",
                       overlay=False, progress=False))
-    cfg = AvatarConfig(subject=subject, iterations=150, resolution=256, max_triangles=8000, densify_start=2 / 3,
-                       densify_end=1.0, densify_every=50, opacity_resets=0, sh_degree=1, sh_ramp=2 / 3,
-                       checkpoint_every=10**6, progress=False, grid_frames=2)
+    cfg = AvatarConfig(subject=subject, iterations=150, resolution=256, max_triangles=8000,
+                       densify=DensifyOptions(start=2 / 3, end=1.0, every=50, opacity_resets=0), sh_degree=1,
+                       sh_ramp=2 / 3, checkpoint_every=10**6, progress=False, grid_frames=2)
     meta = train_avatar(cfg)
     f, t = meta["figures"], meta["timings"]
     print(f"\nreal clip v1 (4 s, ICT-FaceKit, 256x256, {cfg.iterations} its, CPU): test PSNR {f['test_psnr']:.2f} dB, "

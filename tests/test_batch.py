@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from gaussian_flametalk.avatar.train import DensifyOptions
 from gaussian_flametalk.errors import GftError
+from gaussian_flametalk.flametalk.model import FlameTalkArch
 from gaussian_flametalk.io.media import ffmpeg_exe
 from gaussian_flametalk.pipeline.batch import BatchConfig, batch, make_plan
 from gaussian_flametalk.pipeline.batch_exec import local_workers, parse_resources, ray_available
@@ -23,7 +25,7 @@ from gaussian_flametalk.pipeline.manifest import ManifestError, read_manifest
 QUICK = {
     "track": {"resolution": 256, "overlay": False, "rigid_iters": 10, "full_iters": 4, "smooth_iters": 15},
     "train-avatar": {"iterations": 30, "resolution": 64, "max_triangles": 2000, "checkpoint_every": 30,
-                     "opacity_resets": 0, "sh_degree": 0, "grid_frames": 1},
+                     "densify": {"opacity_resets": 0}, "sh_degree": 0, "grid_frames": 1},
     "train-talk": {"iterations": 8, "seq_frames": 25, "audio_encoder": "mel", "checkpoint_every": 10},
     "train-talk-prior": {"iterations": 10},
 }
@@ -39,13 +41,13 @@ def test_yaml_manifest_types_paths_and_defaults(tmp_path):
         {"video": "a.mp4", "speech": ["s.wav"], "train-avatar": {"max-triangles": 50}},
         {"video": "/abs/b.mov", "name": "bee", "head_model": "ict:models/FaceX", "track": {"resolution": 128}},
     ], {"head_model": "synthetic", "train-avatar": {"iterations": 7, "max-triangles": 9},
-        "train-talk": {"audio_encoder": "mel", "iterations": 5}, "train-talk-prior": {"dim": 32}})
+        "train-talk": {"audio_encoder": "mel", "iterations": 5}, "train-talk-prior": {"model": {"dim": 32}}})
     clips, prior = read_manifest(m)
     a, b = clips
     assert (a.name, a.video, a.head_model, a.speech) == ("a", tmp_path / "a.mp4", "synthetic", (tmp_path / "s.wav",))
     assert a.options["train-avatar"] == {"iterations": 7, "max-triangles": 50}  # the clip's own option wins
     assert (b.name, b.video, b.head_model) == ("bee", Path("/abs/b.mov"), f"ict:{tmp_path / 'models/FaceX'}")
-    assert prior == {"audio_encoder": "mel", "dim": 32}  # the clips' encoder, not their (adaptation) length
+    assert prior == {"audio_encoder": "mel", "model.dim": 32}  # the clips' encoder, not their (adaptation) length
     plan = make_plan(BatchConfig(manifest=m, out=tmp_path / "root", stages="train-talk,track,train-talk-prior"))
     assert plan.stages == ("track", "train-talk-prior", "train-talk")  # run order, whatever the order given
     track = plan.tasks[("bee", "track")].options
@@ -68,12 +70,36 @@ def test_csv_manifest(tmp_path):
     assert plan.tasks[("x", "track")].options["overlay"] is False
 
 
+def test_group_options_merge_with_the_defaults_one_by_one(tmp_path):
+    """A group's options (``densify.*``, ``model.*``) as a YAML mapping or dotted names, merged option by option."""
+    m = _yaml(tmp_path / "m.yaml", [{"video": "a.mp4", "train-avatar": {"densify": {"end": 0.6}}},
+                                    {"video": "b.mp4", "train-avatar": {"densify.grad-threshold": 1e-3}}],
+              {"train-avatar": {"densify": {"start": 0.2, "every": 7}}, "train-talk": {"model.dim": 32}})
+    plan = make_plan(BatchConfig(manifest=m, out=tmp_path / "root", stages="train-avatar,train-talk"))
+    a, b = (plan.tasks[(c, "train-avatar")].options["densify"] for c in ("a", "b"))
+    assert a == DensifyOptions(start=0.2, end=0.6, every=7)
+    assert b == DensifyOptions(start=0.2, every=7, grad_threshold=1e-3)
+    assert plan.tasks[("a", "train-talk")].options["model"] == FlameTalkArch(dim=32)
+    csv = tmp_path / "m.csv"
+    csv.write_text("video,train-avatar.densify.every,train-avatar.densify.opacity-resets,train-talk.model.heads\n"
+                   "x.mp4,0,0,2\n")
+    plan = make_plan(BatchConfig(manifest=csv, out=tmp_path / "r", stages="train-avatar,train-talk"))
+    assert plan.tasks[("x", "train-avatar")].options["densify"] == DensifyOptions(every=0, opacity_resets=0)
+    assert plan.tasks[("x", "train-talk")].config().model == FlameTalkArch(heads=2)
+
+
 @pytest.mark.parametrize("clips, defaults, message", [
     ([{"video": "a.mp4"}, {"video": "b/a.mp4"}], {}, "share the name 'a'"),
     ([{"video": "a.mp4", "train-avatar": {"iteratons": 3}}], {}, "has no option 'iteratons'"),
     ([{"video": "a.mp4", "train-avatar": {"iterations": "many"}}], {}, "expected an integer"),
     ([{"video": "a.mp4", "track": {"out": "x"}}], {}, "set by gft batch itself"),
     ([{"video": "a.mp4", "train-talk": {"infer_mode": "sideways"}}], {}, "'sideways' is not one of"),
+    ([{"video": "a.mp4", "train-avatar": {"densify": {"grad-threshold": -1}}}], {},
+     r"train-avatar: --densify\.grad-threshold: -1\.0 is out of range"),
+    ([{"video": "a.mp4", "train-avatar": {"densify.every": "often"}}], {}, "'densify.every': expected an integer"),
+    ([{"video": "a.mp4", "train-avatar": {"densify.typo": 3}}], {}, "has no option 'densify.typo'"),
+    ([{"video": "a.mp4", "train-avatar": {"densify": 3}}], {}, "'densify' is a group of options"),
+    ([{"video": "a.mp4", "train-talk": {"model": {"dim": 0}}}], {}, r"--model\.dim: 0 is out of range"),
     ([{"name": "nothing"}], {}, "has no video"),
     ([{"video": "a.mp4", "name": "../up"}], {}, "is not a folder name"),
     ([{"video": "a.mp4", "train-talk-prior": {"iterations": 3}}], {}, "belong in the manifest's defaults"),

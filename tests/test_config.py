@@ -86,3 +86,36 @@ def test_every_stage_defaults_to_auto():
 
     for cls in (AvatarConfig, TalkConfig, TrackConfig, EvalConfig, DemoConfig, DriveConfig, RenderAvatarConfig):
         assert next(f for f in fields(cls) if f.name == "device").default == "auto", cls.__name__
+
+
+def test_stage_groups_model_and_densify_parse_and_validate(tmp_path, capsys):
+    """``gft train-talk``'s architecture is ``--model.*`` (the FlameTalkArch the saved spec holds), ``gft
+    train-avatar``'s density control ``--densify.*``; an out-of-range value is refused before any work, naming the
+    option."""
+    from gaussian_flametalk.avatar.train import AvatarConfig, DensifyOptions
+    from gaussian_flametalk.flametalk.model import FlameTalkArch
+
+    parser = gft.build_parser()
+    args = parser.parse_args(["train-talk", "S", "--model.dim", "32", "--model.heads", "2", "--model.ff-mult", "3"])
+    talk = dataclass_from_args(args._config, args)
+    assert talk.model == FlameTalkArch(dim=32, heads=2, ff_mult=3) and config_to_dict(talk)["model"]["dim"] == 32
+    assert TalkConfig(subjects=()).model == FlameTalkArch()  # the defaults: 64 wide, 4 heads, 1 layer
+    args = parser.parse_args(["train-avatar", "S", "--densify.grad-threshold", "1e-3", "--densify.every", "0",
+                              "--densify.opacity-resets", "0"])
+    avatar = dataclass_from_args(args._config, args)
+    assert avatar.densify == DensifyOptions(every=0, grad_threshold=1e-3, opacity_resets=0)
+    assert AvatarConfig(subject=tmp_path).densify == DensifyOptions(0.1, 0.5, None, 2e-4, 0.01, 0.005, 0.1, 1)
+    missing = tmp_path / "subject"
+    for argv, option in ((["train-avatar", str(missing), "--densify.grad-threshold", "-1"], "--densify.grad-threshold"),
+                         (["train-talk", str(missing), "--model.dim", "0"], "--model.dim")):
+        assert gft.main(argv) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[gft")]
+        assert len(err) == 1 and err[0].startswith(f"gft {argv[0]}: error: {option}: ") and "out of range" in err[0]
+    assert not missing.exists()
+    with pytest.raises(SystemExit):  # the flat names are gone
+        parser.parse_args(["train-talk", "S", "--dim", "32"])
+    capsys.readouterr()
+    for command, group in (("train-talk", "model options"), ("train-avatar", "densify options")):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        assert group in capsys.readouterr().out

@@ -71,7 +71,7 @@ def subject(tmp_path_factory) -> Path:
 
 
 AVATAR = ["--iterations", "90", "--checkpoint-every", "30", "--resolution", "96", "--sh-degree", "0",
-          "--densify-start", "0.3", "--densify-end", "0.7", "--densify-every", "20", "--opacity-resets", "0",
+          "--densify.start", "0.3", "--densify.end", "0.7", "--densify.every", "20", "--densify.opacity-resets", "0",
           "--grid-frames", "1", "--no-progress"]
 
 
@@ -96,8 +96,8 @@ def test_train_avatar_killed_after_a_checkpoint_resumes(subject, tmp_path):
     assert meta["figures"]["test_psnr"] == ref["figures"]["test_psnr"]
 
 
-TALK = ["--iterations", "40", "--checkpoint-every", "10", "--seq-frames", "8", "--batch-size", "1", "--dim", "16",
-        "--heads", "2", "--mel-dim", "16", "--window", "16", "--overlap", "4", "--audio-encoder", "mel",
+TALK = ["--iterations", "40", "--checkpoint-every", "10", "--seq-frames", "8", "--batch-size", "1", "--model.dim",
+        "16", "--model.heads", "2", "--mel-dim", "16", "--window", "16", "--overlap", "4", "--audio-encoder", "mel",
         "--no-progress"]
 
 

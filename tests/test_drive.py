@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from gaussian_flametalk.avatar.sequence import load_params, pingpong
-from gaussian_flametalk.avatar.train import AvatarConfig, train_avatar
+from gaussian_flametalk.avatar.train import AvatarConfig, DensifyOptions, train_avatar
 from gaussian_flametalk.io.audio import SAMPLE_RATE, load_audio, save_wav
+from gaussian_flametalk.flametalk.model import FlameTalkArch
 from gaussian_flametalk.flametalk.train import TalkConfig, train_talk
 from gaussian_flametalk.pipeline.drive import DriveConfig, blink_components, drive
 from gaussian_flametalk.scripts.gft import main as gft_main
@@ -32,9 +33,9 @@ def trained_subject(tmp_path_factory) -> Path:
     samples, _ = speech_like(N_FRAMES / 25.0, seed=3)
     save_wav(root / "audio.wav", samples)
     train_avatar(AvatarConfig(subject=root, iterations=20, resolution=96, progress=False, regions=(), sh_degree=0,
-                              densify_every=0, opacity_resets=0, grid_frames=1))
-    train_talk(TalkConfig(subjects=(root,), iterations=5, seq_frames=8, batch_size=1, dim=16, heads=2, mel_dim=16,
-                          progress=False, window=16, overlap=4))
+                              densify=DensifyOptions(every=0, opacity_resets=0), grid_frames=1))
+    train_talk(TalkConfig(subjects=(root,), iterations=5, seq_frames=8, batch_size=1,
+                          model=FlameTalkArch(dim=16, heads=2), mel_dim=16, progress=False, window=16, overlap=4))
     return root
 
 

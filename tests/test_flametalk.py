@@ -11,9 +11,9 @@ import torch
 
 from gaussian_flametalk.io.audio import SAMPLE_RATE, AudioError, save_wav
 from gaussian_flametalk.flametalk.encoders import EncoderNotFoundError, load_encoder
-from gaussian_flametalk.flametalk.model import (FlameTalk, FlameTalkSpec, StreamingPredictor, alibi_slopes,
-                                                alignment_mask, biased_causal_mask, periodic_positional_encoding,
-                                                predict)
+from gaussian_flametalk.flametalk.model import (FlameTalk, FlameTalkArch, FlameTalkSpec, StreamingPredictor,
+                                                alibi_slopes, alignment_mask, biased_causal_mask,
+                                                periodic_positional_encoding, predict)
 from gaussian_flametalk.flametalk.inference import load_talk
 from gaussian_flametalk.flametalk.train import TalkConfig, train_talk
 from gaussian_flametalk.headmodel import HeadParams, make_synthetic_head
@@ -139,7 +139,7 @@ def _random_model(seed: int = 0) -> tuple[FlameTalk, torch.nn.Module, torch.Tens
     torch.manual_seed(seed)
     head = make_synthetic_head()
     enc = load_encoder("mel", dim=16).eval()
-    model = FlameTalk(FlameTalkSpec(head.motion_dim, 16, head.n_vertices, dim=32, dropout=0.0)).eval()
+    model = FlameTalk(FlameTalkSpec(head.motion_dim, 16, head.n_vertices, FlameTalkArch(dim=32, dropout=0.0))).eval()
     torch.nn.init.normal_(model.motion_out.weight, std=0.1)
     return model, enc, head.template
 
@@ -236,6 +236,37 @@ def test_resume_continues_exactly(tmp_path):
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert b["iteration"] == 6 and len(b["history"]) == 6
     np.testing.assert_allclose([h["loss"] for h in b["history"]], [h["loss"] for h in a["history"]], rtol=1e-4)
+
+
+def test_the_flat_spec_of_older_checkpoints_loads():
+    """Specs saved before FlameTalkArch held the architecture at the top level: they load as the same spec."""
+    flat = {"motion_dim": 53, "audio_dim": 16, "n_vertices": 900, "dim": 32, "heads": 2, "layers": 1, "ff_mult": 2,
+            "period": 25, "dropout": 0.0, "ptalker": False, "n_subjects": 0, "gat_points": 256, "gat_layers": 2,
+            "style_frames": 50, "speaker_encoder": "", "emotion_encoder": ""}
+    spec = FlameTalkSpec.from_dict(flat)
+    assert spec == FlameTalkSpec(53, 16, 900, FlameTalkArch(dim=32, heads=2, dropout=0.0))
+    assert spec.to_dict()["arch"] == {k: flat[k] for k in ("dim", "heads", "layers", "ff_mult", "period", "dropout")}
+    assert FlameTalkSpec.from_dict(spec.to_dict()) == spec  # the nested form saved now
+    oldest = {"motion_dim": 53, "audio_dim": 16, "n_vertices": 900, "dim": 64}  # fields it lacks: the defaults
+    assert FlameTalkSpec.from_dict(oldest) == FlameTalkSpec(53, 16, 900)
+    with pytest.raises(ValueError, match="both a nested and a flat"):
+        FlameTalkSpec.from_dict({**spec.to_dict(), "dim": 32})
+    with pytest.raises(ValueError, match=r"--model\.dim 30 is not a multiple of --model\.heads 4"):
+        FlameTalkArch(dim=30)
+
+
+def test_a_checkpoint_with_the_flat_spec_resumes_and_loads(tmp_path):
+    subject = make_subject(tmp_path / "S", seconds=4.0)
+    cfg = dict(batch_size=2, seq_frames=16, model=FlameTalkArch(dim=16, heads=2))
+    train_talk(_config(subject, tmp_path / "t", 2, **cfg))
+    path = tmp_path / "t" / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    spec = state["spec"]
+    spec.update(spec.pop("arch"))  # as written before FlameTalkArch
+    torch.save(state, path)
+    talk = load_talk(tmp_path / "t")
+    assert talk.model.spec.arch == FlameTalkArch(dim=16, heads=2)
+    assert train_talk(_config(subject, tmp_path / "t", 3, **cfg))["resumed_from"] == 2
 
 
 def test_bad_subjects_fail_clearly(tmp_path):

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from gaussian_flametalk.avatar.gaussians import BoundGaussians, save_ply
-from gaussian_flametalk.avatar.train import AvatarConfig, train_avatar
+from gaussian_flametalk.avatar.train import AvatarConfig, DensifyOptions, train_avatar
+from gaussian_flametalk.flametalk.model import FlameTalkArch
 from gaussian_flametalk.flametalk.train import TalkConfig, train_talk
 from gaussian_flametalk.headmodel import make_synthetic_head, save_synthetic_flame
 from gaussian_flametalk.interop.vhap import (
@@ -97,10 +98,11 @@ def test_export_layout_and_round_trip(flame_subject, tmp_path):
     assert torch.allclose(again.head_model().forward_params(params[:2]), model.forward_params(params[:2]), atol=1e-6)
     # the stages run on it
     meta = train_avatar(AvatarConfig(subject=back, iterations=4, resolution=64, progress=False, regions=(),
-                                     sh_degree=0, densify_every=0, opacity_resets=0, grid_frames=1))
+                                     sh_degree=0, densify=DensifyOptions(every=0, opacity_resets=0), grid_frames=1))
     assert np.isfinite(meta["figures"]["test_psnr"])
-    talk = train_talk(TalkConfig(subjects=(back,), iterations=2, seq_frames=8, batch_size=1, dim=16, heads=2,
-                                 mel_dim=16, audio_encoder="mel", progress=False, window=16, overlap=4))
+    talk = train_talk(TalkConfig(subjects=(back,), iterations=2, seq_frames=8, batch_size=1,
+                                 model=FlameTalkArch(dim=16, heads=2), mel_dim=16, audio_encoder="mel",
+                                 progress=False, window=16, overlap=4))
     assert (back / "talk" / "checkpoint.pt").is_file() and talk["stage"] == "train-talk"
 
 

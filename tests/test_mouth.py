@@ -11,7 +11,8 @@ import torch
 
 from gaussian_flametalk.avatar.gaussians import N_REST, BoundGaussians, region_triangles
 from gaussian_flametalk.avatar.sh import rgb_to_sh
-from gaussian_flametalk.avatar.train import AvatarConfig, TrainData, avatar_triangles, fit_avatar, render_frames
+from gaussian_flametalk.avatar.train import (AvatarConfig, DensifyOptions, TrainData, avatar_triangles, fit_avatar,
+                                             render_frames)
 from gaussian_flametalk.geometry.camera import Camera
 from gaussian_flametalk.headmodel import HeadParams, make_synthetic_head
 from gaussian_flametalk.io.subject import train_test_split
@@ -63,7 +64,7 @@ def test_open_mouth_shows_teeth_and_dark_interior(tmp_path):
     model = make_synthetic_head()
     assert {"teeth_upper", "teeth_lower", "mouth"} <= set(model.regions)
     cfg = AvatarConfig(subject=tmp_path, progress=False, iterations=100, resolution=SIZE, sh_degree=0,
-                       densify_every=0, opacity_resets=0, checkpoint_every=10**6, tune_params=False)
+                       densify=DensifyOptions(every=0, opacity_resets=0), checkpoint_every=10**6, tune_params=False)
     assert {"teeth_upper", "teeth_lower", "mouth"} <= set(cfg.regions)  # on by default
     tri = avatar_triangles(model, cfg.regions)
     assert tri.numel() > region_triangles(model.faces, model.regions, ("face", "lips", "eyes", "scalp", "neck")).numel()

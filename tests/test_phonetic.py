@@ -170,13 +170,13 @@ def test_prepared_clip_serves_training_crops_without_decoding():
 def test_streaming_with_the_phonetic_encoder():
     """One-shot prediction is the streaming predictor fed at once; streamed chunks give the same frames, the first
     ones after about window + context frames of audio (the latency the phonetic lookahead adds)."""
-    from gaussian_flametalk.flametalk.model import FlameTalk, FlameTalkSpec, StreamingPredictor, predict
+    from gaussian_flametalk.flametalk.model import FlameTalk, FlameTalkArch, FlameTalkSpec, StreamingPredictor, predict
     from gaussian_flametalk.headmodel import make_synthetic_head
 
     torch.manual_seed(0)
     head = make_synthetic_head()
     enc = PhoneticEncoder(16).eval()
-    model = FlameTalk(FlameTalkSpec(head.motion_dim, 16, head.n_vertices, dim=32, dropout=0.0)).eval()
+    model = FlameTalk(FlameTalkSpec(head.motion_dim, 16, head.n_vertices, FlameTalkArch(dim=32, dropout=0.0))).eval()
     torch.nn.init.normal_(model.motion_out.weight, std=0.1)
     wave = _speak("My mother bought a bag of apples.", 0.3)
     one = predict(model, enc, wave, head.template, FPS, "parallel", window=40, overlap=8)

@@ -15,7 +15,7 @@ import torch
 
 from gaussian_flametalk.flametalk.encoders import load_encoder
 from gaussian_flametalk.headmodel.motion import mouth_opening
-from gaussian_flametalk.flametalk.model import FlameTalk, FlameTalkSpec, StreamingPredictor, predict
+from gaussian_flametalk.flametalk.model import FlameTalk, FlameTalkArch, FlameTalkSpec, StreamingPredictor, predict
 from gaussian_flametalk.flametalk.ptalker import (CausalInstanceNorm, GraphAttentionLayer, IdentityStyleEncoder,
                                                   adversarial_loss, contrastive_loss, gaussian_kl_loss, grad_reverse,
                                                   info_loss, mesh_graph, motion_loss, orthogonality_loss,
@@ -175,8 +175,8 @@ def test_identity_style_of_an_unseen_subject_ignores_the_personal_table():
 
 def _ptalker_model(head, **kw) -> FlameTalk:
     torch.manual_seed(0)
-    model = FlameTalk(FlameTalkSpec(head.motion_dim, 16, head.n_vertices, dim=16, dropout=0.0, ptalker=True,
-                                    n_subjects=2, gat_points=32, style_frames=8, **kw), head).eval()
+    model = FlameTalk(FlameTalkSpec(head.motion_dim, 16, head.n_vertices, FlameTalkArch(dim=16, dropout=0.0),
+                                    ptalker=True, n_subjects=2, gat_points=32, style_frames=8, **kw), head).eval()
     torch.nn.init.normal_(model.motion_out.weight, std=0.1)
     return model
 
@@ -217,7 +217,7 @@ def test_autoregressive_generation_feeds_its_own_content_back():
 
 def test_base_style_inputs_are_checked():
     head = make_synthetic_head()
-    plain = FlameTalk(FlameTalkSpec(head.motion_dim, 16, head.n_vertices, dim=16))
+    plain = FlameTalk(FlameTalkSpec(head.motion_dim, 16, head.n_vertices, FlameTalkArch(dim=16)))
     with pytest.raises(ValueError, match="without --ptalker"):
         plain.base_style(head.template[None], reference=torch.zeros(10, head.motion_dim))
     model = _ptalker_model(head)
@@ -254,8 +254,8 @@ AMPLITUDES = (0.1, 0.2, 0.3, 0.4)
 
 def _config(subjects: tuple[Path, ...], out: Path, iterations: int, pt: dict | None = None, **kw) -> TalkConfig:
     opts = dict(subjects=subjects, out=out, iterations=iterations, seq_frames=32, batch_size=4, progress=False,
-                checkpoint_every=10_000, window=50, overlap=10, dim=32, mel_dim=32, loss_regions=("lips",),
-                ptalker=True, infer_mode="parallel", audio_encoder="mel",
+                checkpoint_every=10_000, window=50, overlap=10, model=FlameTalkArch(dim=32), mel_dim=32,
+                loss_regions=("lips",), ptalker=True, infer_mode="parallel", audio_encoder="mel",
                 pt=PTalkerOptions(**{"stage_switch": iterations // 2, "style_frames": 32, "gat_points": 64,
                                      **(pt or {})}))
     opts.update(kw)
@@ -377,7 +377,7 @@ def test_pretrained_audio_encoders_offline(tmp_path, monkeypatch):
     subjects = (make_subject(tmp_path / "A", seconds=3.0, seed=1), make_subject(tmp_path / "B", seconds=3.0, seed=2))
     cfg = _config(subjects, tmp_path / "o", 1, pt=dict(style_frames=8, speaker_encoder=str(speaker),
                                                        emotion_encoder=str(emotion)),
-                  audio_encoder=f"hubert:{hubert}", seq_frames=8, batch_size=2, dim=16)
+                  audio_encoder=f"hubert:{hubert}", seq_frames=8, batch_size=2, model=FlameTalkArch(dim=16))
     _, head, datas = open_subjects(cfg)
     model, encoder, info = fit_talk(datas, head, cfg, tmp_path / "o")
     assert info["spec"]["speaker_encoder"] == str(speaker) and info["spec"]["emotion_encoder"] == str(emotion)
@@ -399,8 +399,8 @@ def test_plain_flametalk_is_unchanged(tmp_path):
     subjects = (make_subject(tmp_path / "A", seconds=4.0, seed=1, amplitude=0.1),
                 make_subject(tmp_path / "B", seconds=4.0, seed=2, amplitude=0.3))
     cfg = TalkConfig(subjects=subjects, out=tmp_path / "o", iterations=6, seq_frames=16, batch_size=2, progress=False,
-                     checkpoint_every=10_000, dim=16, mel_dim=16, loss_regions=("lips",), audio_encoder="mel",
-                     device="cpu")
+                     checkpoint_every=10_000, model=FlameTalkArch(dim=16), mel_dim=16, loss_regions=("lips",),
+                     audio_encoder="mel", device="cpu")
     _, head, datas = open_subjects(cfg)
     _, _, info = fit_talk(datas, head, cfg, tmp_path / "o")
     recorded = [5.281896591186523, 24.534181594848633, 7.600529193878174, 34.1715202331543, 39.69076156616211,

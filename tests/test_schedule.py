@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gaussian_flametalk.avatar.schedule import MIN_RECOVERY, resolve_schedule
-from gaussian_flametalk.avatar.train import AvatarConfig, fit_avatar
+from gaussian_flametalk.avatar.train import AvatarConfig, DensifyOptions, fit_avatar
 from gaussian_flametalk.scripts.gft import main as gft_main
 
 from test_avatar import _cfg, _train_data
@@ -35,9 +35,9 @@ def test_schedule_positions_for_3000_iterations():
 
 
 @pytest.mark.parametrize("kw, option", [
-    ({"densify_end": 1.0, "opacity_resets": 9}, "--opacity-resets"),  # a reset at 90 % of the run
-    ({"densify_every": 0}, "--opacity-resets"),  # a reset with nothing to prune after it
-    ({"densify_start": 0.6, "densify_end": 0.5}, "--densify-start"),
+    ({"densify": DensifyOptions(end=1.0, opacity_resets=9)}, "--densify.opacity-resets"),  # a reset at 90 % of the run
+    ({"densify": DensifyOptions(every=0)}, "--densify.opacity-resets"),  # a reset with nothing to prune after it
+    ({"densify": DensifyOptions(start=0.6, end=0.5)}, "--densify.start"),
     ({"sh_degree": 4}, "--sh-degree"),
 ])
 def test_bad_schedules_are_refused_when_the_config_is_made(tmp_path, kw, option):
@@ -45,12 +45,21 @@ def test_bad_schedules_are_refused_when_the_config_is_made(tmp_path, kw, option)
         AvatarConfig(subject=tmp_path, iterations=3000, **kw)
 
 
+def test_densify_options_are_one_group_checked_when_made(tmp_path):
+    with pytest.raises(ValueError, match=r"--densify\.grad-threshold: -1\.0 is out of range \(allowed: > 0\)"):
+        DensifyOptions(grad_threshold=-1.0)
+    with pytest.raises(ValueError, match=r"--densify: expected a DensifyOptions, got dict"):
+        AvatarConfig(subject=tmp_path, densify={"every": 0})
+    cfg = AvatarConfig(subject=tmp_path, densify=DensifyOptions(every=0, opacity_resets=0))
+    assert cfg.schedule().densify_steps == () and cfg.densify.grad_threshold == 2e-4  # the other defaults kept
+
+
 def test_cli_refuses_a_bad_schedule_before_reading_anything(tmp_path, capsys):
     missing = tmp_path / "no_such_subject"
-    assert gft_main(["train-avatar", str(missing), "--densify-end", "1.0", "--opacity-resets", "9"]) == 2
+    assert gft_main(["train-avatar", str(missing), "--densify.end", "1.0", "--densify.opacity-resets", "9"]) == 2
     err = "\n".join(line for line in capsys.readouterr().err.splitlines() if not line.startswith("[gft"))
     assert err.startswith("gft train-avatar: error: ") and len(err.splitlines()) == 1
-    assert "--opacity-resets" in err and "Traceback" not in err
+    assert "--densify.opacity-resets" in err and "Traceback" not in err
     assert not missing.exists()
 
 
@@ -58,8 +67,8 @@ def test_default_schedule_scaled_down_matches_a_hand_tuned_run(tmp_path):
     """The default schedule at 300 iterations (densifying every 24, five steps in its window) against the hand-tuned
     self-consistency run (no densification, no reset): the final opacities are not clamped and the PSNR is reached."""
     data, model = _train_data()
-    hand = fit_avatar(data, model, _cfg(tmp_path, iterations=200, densify_start=0.5, densify_end=1.0,
-                                        densify_every=100, tune_params=False), tmp_path / "hand")
+    hand = fit_avatar(data, model, _cfg(tmp_path, iterations=200, densify=dict(start=0.5, end=1.0, every=100),
+                                        tune_params=False), tmp_path / "hand")
     defaults = AvatarConfig(subject=tmp_path, iterations=300, tune_params=False, regions=(), progress=False,
                             checkpoint_every=10**6)
     assert defaults.schedule().densify_steps == (48, 72, 96, 120, 144)

@@ -13,7 +13,7 @@ from gaussian_flametalk.io.audio import SAMPLE_RATE, AudioError, save_wav
 from gaussian_flametalk.flametalk.encoders import load_encoder
 from gaussian_flametalk.headmodel.motion import upper_face_ids
 from gaussian_flametalk.metrics.motion import face_dynamics_deviation, fourier_frequency_error
-from gaussian_flametalk.flametalk.model import FlameTalk, FlameTalkSpec
+from gaussian_flametalk.flametalk.model import FlameTalk, FlameTalkArch, FlameTalkSpec
 from gaussian_flametalk.flametalk.inference import TalkModel
 from gaussian_flametalk.flametalk.train import load_subject_data
 from gaussian_flametalk.headmodel import load_head_model, make_synthetic_head
@@ -158,7 +158,7 @@ def test_predict_file_rejects_unusable_audio(tmp_path):
     closed mouth is in test_flametalk)."""
     head = make_synthetic_head()
     enc = load_encoder("mel", dim=16).eval()
-    model = FlameTalk(FlameTalkSpec(head.motion_dim, 16, head.n_vertices, dim=32, dropout=0.0)).eval()
+    model = FlameTalk(FlameTalkSpec(head.motion_dim, 16, head.n_vertices, FlameTalkArch(dim=32, dropout=0.0))).eval()
     talk = TalkModel(model, enc, head, head.template, torch.zeros(head.n_shape), 25.0, 50, 10)
     assert talk.predict_file(_speech(tmp_path / "ok.wav"))["jaw"].shape == (25, 3)
     short = tmp_path / "short.wav"

@@ -16,13 +16,15 @@ from test_flametalk import make_subject  # noqa: E402
 
 from gaussian_flametalk.flametalk.inference import load_talk  # noqa: E402
 from gaussian_flametalk.flametalk.projection import MotionProjector  # noqa: E402
+from gaussian_flametalk.flametalk.model import FlameTalkArch  # noqa: E402
 from gaussian_flametalk.flametalk.train import TalkConfig, train_talk  # noqa: E402
 from gaussian_flametalk.headmodel import make_synthetic_head  # noqa: E402
 
 
 def _cfg(subjects, out, iterations, **kw) -> TalkConfig:
     opts = dict(subjects=tuple(subjects), out=out, iterations=iterations, seq_frames=30, batch_size=2,
-                progress=False, checkpoint_every=10_000, window=50, overlap=10, dim=32, mel_dim=32, audio_encoder="mel")
+                progress=False, checkpoint_every=10_000, window=50, overlap=10, model=FlameTalkArch(dim=32),
+                mel_dim=32, audio_encoder="mel")
     opts.update(kw)
     return TalkConfig(**opts)
 
@@ -64,8 +66,8 @@ def test_init_refuses_a_mismatched_prior_naming_the_file(prior, tmp_path):
     new = make_subject(tmp_path / "NEW", seconds=4.0, seed=6)
     with pytest.raises(ValueError, match=r"prior.*checkpoint\.pt.*--audio-encoder mel.*phonetic"):
         train_talk(_cfg([new], tmp_path / "a", 1, init=folder, audio_encoder="phonetic"))
-    with pytest.raises(ValueError, match=r"checkpoint\.pt.*architecture differs.*dim 32 vs 16"):
-        train_talk(_cfg([new], tmp_path / "b", 1, init=folder, dim=16))
+    with pytest.raises(ValueError, match=r"checkpoint\.pt.*architecture differs.*--model\.dim 32 vs 16"):
+        train_talk(_cfg([new], tmp_path / "b", 1, init=folder, model=FlameTalkArch(dim=16)))
     state = torch.load(folder / "checkpoint.pt", weights_only=False)
     state["head_model"] = "ict"
     state["spec"] = {**state["spec"], "motion_dim": 55, "n_vertices": 999}

@@ -17,7 +17,7 @@ import torch
 
 from browser import Browser, find_chromium
 from gaussian_flametalk.avatar.sequence import load_params
-from gaussian_flametalk.avatar.train import AvatarConfig, train_avatar
+from gaussian_flametalk.avatar.train import AvatarConfig, DensifyOptions, train_avatar
 from gaussian_flametalk.io.subject import Subject
 from gaussian_flametalk.pipeline.view import ViewConfig, expression_groups, load_viewer
 from gaussian_flametalk.headmodel import make_synthetic_head
@@ -70,7 +70,7 @@ def demo_avatar(tmp_path_factory):
         return Path(os.environ["GFT_VIEW_SUBJECT"])
     root = make_subject(tmp_path_factory.mktemp("view") / "S", n=12, size=96)
     train_avatar(AvatarConfig(subject=root, iterations=15, resolution=96, progress=False, regions=(), sh_degree=0,
-                              densify_every=0, opacity_resets=0, grid_frames=1))
+                              densify=DensifyOptions(every=0, opacity_resets=0), grid_frames=1))
     return root
 
 

@@ -68,12 +68,13 @@ def resolve_schedule(
     if iterations < 0:
         raise ValueError(f"--iterations must be >= 0, got {iterations}")
     if not 0.0 <= densify_start <= densify_end <= 1.0:
-        raise ValueError(f"need 0 <= --densify-start <= --densify-end <= 1, got {densify_start} and {densify_end}")
+        raise ValueError(f"need 0 <= --densify.start <= --densify.end <= 1, got {densify_start} and {densify_end}")
     lo, hi = math.ceil(densify_start * iterations), math.ceil(densify_end * iterations)
     if densify_every is None:
         densify_every = max(min(DEFAULT_DENSIFY_EVERY, (hi - lo) // MIN_DENSIFY_STEPS), 1)
     if densify_every < 0 or opacity_resets < 0:
-        raise ValueError(f"--densify-every and --opacity-resets must be >= 0, got {densify_every}, {opacity_resets}")
+        raise ValueError(f"--densify.every and --densify.opacity-resets must be >= 0, got {densify_every}, "
+                         f"{opacity_resets}")
     if not 0 <= sh_degree <= 3:
         raise ValueError(f"--sh-degree must be in 0..3, got {sh_degree}")
     if not 0.0 < sh_ramp <= 1.0:
@@ -84,16 +85,18 @@ def resolve_schedule(
     resets: tuple[int, ...] = ()
     if opacity_resets and iterations:
         if not densify:
-            raise ValueError(f"--opacity-resets {opacity_resets} needs densification (with --densify-every "
+            raise ValueError(f"--densify.opacity-resets {opacity_resets} needs densification (with --densify.every "
                              f"{densify_every} no densification step falls in [{lo}, {hi}) of {iterations} iterations)")
         resets = tuple(round(lo + k * (hi - lo) / (opacity_resets + 1)) for k in range(1, opacity_resets + 1))
         last = resets[-1]
         if not any(d > last for d in densify):
             raise ValueError(f"the opacity reset at iteration {last} has no densification step after it to prune what "
-                             f"stays transparent: lower --opacity-resets or raise --densify-end (now {densify_end})")
+                             f"stays transparent: lower --densify.opacity-resets or raise --densify.end (now "
+                             f"{densify_end})")
         if iterations - last < MIN_RECOVERY * iterations:
             raise ValueError(f"the opacity reset at iteration {last} of {iterations} leaves less than "
-                             f"{MIN_RECOVERY:.0%} of the run to recover: lower --opacity-resets or --densify-end")
+                             f"{MIN_RECOVERY:.0%} of the run to recover: lower --densify.opacity-resets or "
+                             "--densify.end")
     ramp = sh_ramp * iterations
     sh_steps = tuple(max(round(ramp * d / sh_degree), 1) for d in range(1, sh_degree + 1))
     return Schedule(iterations, densify, resets, densify[-1] if densify else 0, sh_steps)

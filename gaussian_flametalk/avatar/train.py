@@ -61,7 +61,8 @@ from .rasterize import render
 from .schedule import Schedule, resolve_schedule
 from .strategy import DefaultStrategy
 
-__all__ = ["AvatarConfig", "FrameParams", "TrainData", "fit_avatar", "load_training_data", "main", "train_avatar"]
+__all__ = ["AvatarConfig", "DensifyOptions", "FrameParams", "TrainData", "fit_avatar", "load_training_data", "main",
+           "train_avatar"]
 
 TUNED_POSE = ("rotation", "neck", "jaw", "eyes")
 #: At most this many mouth-interior triangles carry Gaussians (:func:`avatar_triangles`).
@@ -69,6 +70,32 @@ MOUTH_MAX_TRIANGLES = 4000
 #: Initial colours of the mouth-interior Gaussians (they start hidden behind the lips, so the first frame's pixels at
 #: their centroids are lip colour): off-white teeth, a dark mouth.
 MOUTH_INIT_COLORS = {"teeth_upper": (0.85, 0.82, 0.76), "teeth_lower": (0.85, 0.82, 0.76), "mouth": (0.12, 0.04, 0.04)}
+
+
+@dataclass
+class DensifyOptions:
+    """Adaptive density control (``--densify.NAME``): when :class:`~.strategy.DefaultStrategy` densifies, prunes
+    and resets opacities (fractions of the run, resolved by :mod:`.schedule`), and its thresholds."""
+
+    start: float = field(default=0.1, metadata={"min": 0, "max": 1, "help": "densification starts at this fraction of "
+                                                                            "the run"})
+    end: float = field(default=0.5, metadata={"min": 0, "max": 1, "help": "densification ends at this fraction of the "
+                                                                          "run"})
+    every: int | None = field(default=None, metadata={"min": 0,
+        "help": "densification interval in iterations (default: 100, less in a run too short to densify 5 times in its "
+                "window; 0 = never)"})
+    grad_threshold: float = field(default=2e-4, metadata={"above": 0, "help": "screen-space gradient threshold (NDC "
+                                                                              "units)"})
+    percent_dense: float = field(default=0.01, metadata={"above": 0, "help": "split above this fraction of the extent, "
+                                                                             "else clone"})
+    min_opacity: float = field(default=0.005, metadata={"min": 0, "below": 1, "help": "prune below this opacity"})
+    max_size: float = field(default=0.1, metadata={"above": 0, "help": "prune above this fraction of the extent"})
+    opacity_resets: int = field(default=1, metadata={"min": 0,
+        "help": "opacity resets, spaced evenly inside the densification window (0 = none); the last must leave a "
+                "fifth of the run to recover"})
+
+    def __post_init__(self) -> None:
+        validate(self, "densify.")  # the ranges in the fields' metadata
 
 
 @dataclass
@@ -112,18 +139,9 @@ class AvatarConfig:
     sh_degree: int = field(default=3, metadata={"min": 0, "max": 3, "help": "highest SH degree (0..3)"})
     sh_ramp: float = field(default=0.3, metadata={"min": 0, "max": 1, 
         "help": "fraction of the run over which the SH degree rises evenly from 0 to --sh-degree"})
-    densify_start: float = field(default=0.1, metadata={"min": 0, "max": 1, "help": "densification starts at this fraction of the run"})
-    densify_end: float = field(default=0.5, metadata={"min": 0, "max": 1, "help": "densification ends at this fraction of the run"})
-    densify_every: int | None = field(default=None, metadata={"min": 0, 
-        "help": "densification interval in iterations (default: 100, less in a run too short to densify 5 times in its "
-                "window; 0 = never)"})
-    grad_threshold: float = field(default=2e-4, metadata={"above": 0, "help": "screen-space gradient threshold (NDC units)"})
-    percent_dense: float = field(default=0.01, metadata={"above": 0, "help": "split above this fraction of the extent, else clone"})
-    min_opacity: float = field(default=0.005, metadata={"min": 0, "below": 1, "help": "prune below this opacity"})
-    max_size: float = field(default=0.1, metadata={"above": 0, "help": "prune above this fraction of the extent"})
-    opacity_resets: int = field(default=1, metadata={"min": 0, 
-        "help": "opacity resets, spaced evenly inside the densification window (0 = none); the last must leave a "
-                "fifth of the run to recover"})
+    densify: DensifyOptions = field(default_factory=DensifyOptions, metadata={
+        "help": "adaptive density control (3DGS clone / split / prune and opacity resets, the DefaultStrategy): "
+                "--densify.NAME"})
     checkpoint_every: int = field(default=500, metadata={"min": 1, "help": "checkpoint interval (iterations)"})
     ply_frame: int = field(default=0, metadata={"min": 0, "help": "frame whose pose the PLY export takes"})
     grid_frames: int = field(default=4, metadata={"min": 1, "help": "test frames in the PNG grid"})
@@ -136,8 +154,9 @@ class AvatarConfig:
 
     def schedule(self) -> Schedule:
         """The run's schedule in absolute iterations (:mod:`.schedule`)."""
-        return resolve_schedule(self.iterations, self.densify_start, self.densify_end, self.densify_every,
-                                self.opacity_resets, self.sh_degree, self.sh_ramp)
+        d = self.densify
+        return resolve_schedule(self.iterations, d.start, d.end, d.every, d.opacity_resets, self.sh_degree,
+                                self.sh_ramp)
 
 
 @dataclass
@@ -420,8 +439,9 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
         gaussians = BoundGaussians.init(triangles, model.n_faces, colors, cfg.init_scale, cfg.init_opacity).to(device)
     optimizer = _optimizer(gaussians, frames, cfg, k_mean)
     schedule = cfg.schedule()
-    strategy = DefaultStrategy(schedule, face_scale, cfg.grad_threshold, cfg.percent_dense * cfg.extent,
-                               cfg.min_opacity, cfg.max_size * cfg.extent)
+    d = cfg.densify
+    strategy = DefaultStrategy(schedule, face_scale, d.grad_threshold, d.percent_dense * cfg.extent, d.min_opacity,
+                               d.max_size * cfg.extent)
     stats = strategy.initialize_state(gaussians)
     run = restore(state, {"frames": frames, "optimizer": optimizer, "stats": stats}, gen) if state else RunState()
     train_idx = torch.as_tensor(data.train_idx, dtype=torch.long)

@@ -131,7 +131,7 @@ def load_talk(folder: str | os.PathLike, subject: str | os.PathLike | None = Non
     head = subj.head_model()
     encoder = load_encoder(state["audio_encoder"], state["encoder_dim"]).to(device)  # its own saved init config
     encoder.load_state_dict(state["encoder"])
-    spec = FlameTalkSpec(**state["spec"])
+    spec = FlameTalkSpec.from_dict(state["spec"])  # a flat dict from before FlameTalkArch too
     if spec.motion_dim != head.motion_dim:
         raise ValueError(f"{subj.root}: its head model has motion size {head.motion_dim}, the model in {folder} "
                          f"{spec.motion_dim}: drive a subject tracked with the training head model")

@@ -24,18 +24,20 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..config import validate
 from ..headmodel import HeadModel
 from ..io.audio import SAMPLE_RATE
 from .encoders import AudioEncoder, frames_for_samples
 
-__all__ = ["FlameTalk", "FlameTalkSpec", "StreamingPredictor", "StyleEncoder", "alibi_slopes", "alignment_mask",
-           "biased_causal_mask", "eval_mode", "periodic_positional_encoding", "predict"]
+__all__ = ["ARCH_FIELDS", "FlameTalk", "FlameTalkArch", "FlameTalkSpec", "StreamingPredictor", "StyleEncoder",
+           "alibi_slopes", "alignment_mask", "biased_causal_mask", "eval_mode", "periodic_positional_encoding",
+           "predict"]
 
 
 def periodic_positional_encoding(n: int, dim: int, period: int) -> torch.Tensor:
@@ -101,19 +103,38 @@ class StyleEncoder(nn.Module):
 
 
 @dataclass
+class FlameTalkArch:
+    """The decoder's architecture: ``gft train-talk``'s ``--model.*`` options, and part of every saved
+    :class:`FlameTalkSpec`."""
+
+    dim: int = field(default=64, metadata={"min": 1, "help": "transformer width (a multiple of --model.heads)"})
+    heads: int = field(default=4, metadata={"min": 1, "help": "attention heads"})
+    layers: int = field(default=1, metadata={"min": 1, "help": "decoder layers"})
+    ff_mult: int = field(default=2, metadata={"min": 1, "help": "feed-forward width, in multiples of --model.dim"})
+    period: int = field(default=25, metadata={"min": 1, "help": "period p of the positional encoding and the biased "
+                                                                "mask"})
+    dropout: float = field(default=0.1, metadata={"min": 0, "below": 1, "help": "transformer dropout"})
+
+    def __post_init__(self) -> None:
+        validate(self, "model.")  # the ranges in the fields' metadata
+        if self.dim % self.heads:
+            raise ValueError(f"--model.dim {self.dim} is not a multiple of --model.heads {self.heads}")
+
+
+#: the architecture fields, which specs saved before :class:`FlameTalkArch` (flat dicts) held at the top level
+ARCH_FIELDS = tuple(f.name for f in fields(FlameTalkArch))
+
+
+@dataclass
 class FlameTalkSpec:
-    """Architecture (saved in checkpoints). The PTalker fields (``ptalker`` and after) have defaults, so checkpoints
-    from before them load unchanged."""
+    """Everything a FlameTalk is built from (saved in checkpoints, :meth:`to_dict` / :meth:`from_dict`): the sizes
+    the data gives, the architecture, and the PTalker fields (``ptalker`` and after). The PTalker fields have
+    defaults, so checkpoints from before them load unchanged."""
 
     motion_dim: int
     audio_dim: int
     n_vertices: int
-    dim: int = 64
-    heads: int = 4
-    layers: int = 1
-    ff_mult: int = 2
-    period: int = 25
-    dropout: float = 0.1
+    arch: FlameTalkArch = field(default_factory=FlameTalkArch)
     ptalker: bool = False
     n_subjects: int = 0
     gat_points: int = 256  # the PTalker default is PTalkerOptions's; this one keeps older checkpoints' specs equal
@@ -121,6 +142,22 @@ class FlameTalkSpec:
     style_frames: int = 50
     speaker_encoder: str = ""
     emotion_encoder: str = ""
+
+    def to_dict(self) -> dict:
+        """The saved form: the fields, the architecture as a nested dict under ``arch``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> FlameTalkSpec:
+        """A spec from its saved form, or from the flat dict of a checkpoint written before the architecture was
+        nested (``dim``, ``heads``, ... beside ``motion_dim``); fields a saved spec lacks take their defaults."""
+        saved = dict(saved)
+        arch = saved.pop("arch", None)
+        flat = {k: saved.pop(k) for k in ARCH_FIELDS if k in saved}
+        if arch is not None and flat:
+            raise ValueError(f"a FlameTalk spec with both a nested and a flat architecture ({sorted(flat)})")
+        arch = FlameTalkArch(**(arch if arch is not None else flat))
+        return cls(**saved, arch=arch)
 
 
 @contextmanager
@@ -143,21 +180,22 @@ class FlameTalk(nn.Module):
     def __init__(self, spec: FlameTalkSpec, head: HeadModel | None = None) -> None:
         super().__init__()
         self.spec = spec
-        d = spec.dim
+        arch = spec.arch
+        d = arch.dim
         self.audio_proj = nn.Linear(spec.audio_dim, d)
         if spec.ptalker:
             from .ptalker import PTalkerStyle  # it imports this module
 
             if head is None:
                 raise ValueError("a PTalker FlameTalk needs the head model (its mesh is the mesh encoder's graph)")
-            self.ptalker = PTalkerStyle(spec.motion_dim, spec.audio_dim, d, spec.heads, spec.dropout,
+            self.ptalker = PTalkerStyle(spec.motion_dim, spec.audio_dim, d, arch.heads, arch.dropout,
                                         spec.n_subjects, head, spec.gat_points, spec.gat_layers, spec.style_frames,
                                         spec.speaker_encoder, spec.emotion_encoder)
         else:
             self.style = StyleEncoder(spec.n_vertices, d)
         self.motion_in = nn.Linear(spec.motion_dim, d)
-        layer = nn.TransformerDecoderLayer(d, spec.heads, spec.ff_mult * d, spec.dropout, batch_first=True)
-        self.decoder = nn.TransformerDecoder(layer, spec.layers)
+        layer = nn.TransformerDecoderLayer(d, arch.heads, arch.ff_mult * d, arch.dropout, batch_first=True)
+        self.decoder = nn.TransformerDecoder(layer, arch.layers)
         self.motion_out = nn.Linear(d, spec.motion_dim)
         nn.init.zeros_(self.motion_out.weight)
         nn.init.zeros_(self.motion_out.bias)
@@ -229,8 +267,8 @@ class FlameTalk(nn.Module):
         x = self.motion_in(hist) + style[:, None]  # O_sv = S + O_v
         if self.spec.ptalker:  # eq. 16: the motion content of the history goes into the decoder too
             x = x + (self.history_content(history, b, t) if content is None else content)
-        x = x + periodic_positional_encoding(t, self.spec.dim, self.spec.period).to(x)
-        tgt_mask = biased_causal_mask(t, self.spec.heads, self.spec.period).to(x).repeat(b, 1, 1)
+        x = x + periodic_positional_encoding(t, self.spec.arch.dim, self.spec.arch.period).to(x)
+        tgt_mask = biased_causal_mask(t, self.spec.arch.heads, self.spec.arch.period).to(x).repeat(b, 1, 1)
         mem_mask = alignment_mask(t, n2).to(x)
         h = self.decoder(x, self.audio_proj(feats), tgt_mask=tgt_mask, memory_mask=mem_mask)
         return self.motion_mean + self.motion_std * self.motion_out(h)

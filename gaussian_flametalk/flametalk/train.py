@@ -22,10 +22,10 @@ everything trains (a resumed run is in the stage its iteration says). Training e
 ``style_space.png`` (PCA of per-clip style codes coloured by subject, as the paper's Fig. 4).
 
 A prior (``--init PRIOR``, issue 15): a run on several SUBJECTs is a reusable prior; ``gft train-talk NEW --init
-PRIOR`` starts from its weights (model and audio encoder; same head model, audio encoder and architecture, else a
-refusal naming the file) with NEW's own motion mean and spread (the prior maps speech to motion in normalised units,
-the statistics are the person's) and adapts for ``iterations`` (default 80: about 2 CPU minutes on a loaded 2-core
-machine). Test-split predictions are kept in the subject's tracked distribution (``--project``, see
+PRIOR`` starts from its weights (model and audio encoder; same head model, audio encoder and architecture
+``--model.*``, else a refusal naming the file) with NEW's own motion mean and spread (the prior maps speech to motion
+in normalised units, the statistics are the person's) and adapts for ``iterations`` (default 80: about 2 CPU minutes
+on a loaded 2-core machine). Test-split predictions are kept in the subject's tracked distribution (``--project``, see
 :mod:`.projection`; the setting is saved and is :func:`~.inference.load_talk`'s default).
 
 Outputs in OUT (default: the first SUBJECT's ``talk/``), each written atomically, ``meta.json`` last:
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from ..atomic import save_figure, save_npz, write_json
-from ..config import config_to_dict, resolve_device, validate
+from ..config import config_to_dict, flag_name, resolve_device, validate
 from ..headmodel import HeadModel
 from ..io.lock import stage_lock
 from ..io.meta import package_versions
@@ -59,7 +59,7 @@ from .inference import subject_template
 from ..headmodel.motion import motion_from_params, motion_to_kwargs, motion_vertices, mouth_opening
 from ..metrics.motion import lip_vertex_error
 from .losses import trend_loss, velocity_loss, vertex_loss
-from .model import FlameTalk, FlameTalkSpec, eval_mode, predict
+from .model import ARCH_FIELDS, FlameTalk, FlameTalkArch, FlameTalkSpec, eval_mode, predict
 from .projection import MotionProjector
 from .ptalker import (adversarial_loss, contrastive_loss, info_loss, motion_loss, orthogonality_loss,
                       style_similarity_loss)
@@ -140,11 +140,8 @@ class TalkConfig:
     seq_frames: int = field(default=50, metadata={"min": 2, "help": "frames per training clip"})
     batch_size: int = field(default=4, metadata={"min": 1, "help": "clips per iteration"})
     lr: float = field(default=1e-3, metadata={"above": 0, "help": "Adam learning rate"})
-    dim: int = field(default=64, metadata={"min": 1, "help": "transformer width"})
-    heads: int = field(default=4, metadata={"min": 1, "help": "attention heads"})
-    layers: int = field(default=1, metadata={"min": 1, "help": "decoder layers"})
-    period: int = field(default=25, metadata={"min": 1, "help": "period p of the positional encoding and the biased mask"})
-    dropout: float = field(default=0.1, metadata={"min": 0, "below": 1, "help": "transformer dropout"})
+    model: FlameTalkArch = field(default_factory=FlameTalkArch, metadata={
+        "help": "the FlameTalk decoder's architecture (--model.NAME; saved with the weights)"})
     mel_dim: int = field(default=128, metadata={"min": 1, "help": "mel encoder output channels"})
     history_dropout: float = field(default=0.5, metadata={"min": 0, "max": 1, "help": "probability of replacing a history row by the mean"})
     w_velocity: float = field(default=1.0, metadata={"min": 0, "help": "velocity loss weight"})
@@ -395,25 +392,27 @@ def read_prior(path: str | Path, spec: FlameTalkSpec, cfg: TalkConfig, head: Hea
         raise ValueError(f"--init: {e}") from None
     if not isinstance(state, dict) or "model" not in state or "spec" not in state:
         raise ValueError(f"--init {file}: not a FlameTalk checkpoint (no model weights or spec)")
-    saved = asdict(FlameTalkSpec(**state["spec"]))
-    if state.get("head_model") != head.kind or saved["motion_dim"] != spec.motion_dim \
-            or saved["n_vertices"] != spec.n_vertices:
+    prior = FlameTalkSpec.from_dict(state["spec"])
+    if state.get("head_model") != head.kind or prior.motion_dim != spec.motion_dim \
+            or prior.n_vertices != spec.n_vertices:
         raise ValueError(f"--init {file}: the prior drives the {state.get('head_model')} head model (motion size "
-                         f"{saved['motion_dim']}, {saved['n_vertices']} vertices), the SUBJECTs were tracked with "
+                         f"{prior.motion_dim}, {prior.n_vertices} vertices), the SUBJECTs were tracked with "
                          f"{head.kind} (motion size {spec.motion_dim}, {spec.n_vertices} vertices): use a prior "
                          f"trained with the same head model")
     if state.get("audio_encoder") != cfg.audio_encoder or state.get("encoder_dim") != cfg.mel_dim:
         raise ValueError(f"--init {file}: the prior was trained with --audio-encoder {state.get('audio_encoder')} "
                          f"(--mel-dim {state.get('encoder_dim')}), this run uses {cfg.audio_encoder} (--mel-dim "
                          f"{cfg.mel_dim}): give the prior's encoder")
-    if saved["ptalker"] or spec.ptalker:
+    if prior.ptalker or spec.ptalker:
         raise ValueError(f"--init {file}: priors are plain FlameTalk models (no --ptalker, neither in the prior nor "
                          f"in the adaptation)")
-    mine = asdict(spec)
-    diff = [f"{k} {saved[k]} vs {mine[k]}" for k in mine if saved.get(k) != mine[k]]
+    diff = [f"{flag_name(k, 'model.')} {getattr(prior.arch, k)} vs {getattr(spec.arch, k)}" for k in ARCH_FIELDS
+            if getattr(prior.arch, k) != getattr(spec.arch, k)]
+    saved, mine = prior.to_dict(), spec.to_dict()
+    diff += [f"{k} {saved[k]} vs {mine[k]}" for k in mine if k != "arch" and saved[k] != mine[k]]
     if diff:
         raise ValueError(f"--init {file}: the prior's architecture differs ({', '.join(diff)}; prior vs this run): "
-                         f"use the prior's --dim/--heads/--layers/--period/--dropout")
+                         f"use the prior's --model.* options")
     return state
 
 
@@ -436,8 +435,7 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
     extra = dict(ptalker=True, n_subjects=len(datas), gat_points=pt.gat_points, gat_layers=pt.gat_layers,
                  style_frames=pt.style_frames, speaker_encoder=pt.speaker_encoder,
                  emotion_encoder=pt.emotion_encoder) if cfg.ptalker else {}
-    spec = FlameTalkSpec(head.motion_dim, encoder.dim, head.n_vertices, cfg.dim, cfg.heads, cfg.layers, 2,
-                         cfg.period, cfg.dropout, **extra)
+    spec = FlameTalkSpec(head.motion_dim, encoder.dim, head.n_vertices, cfg.model, **extra)
     model = FlameTalk(spec, head if cfg.ptalker else None).to(device)
     model.set_motion_stats(torch.cat([d.motion[d.train_idx] for d in datas]).to(device))
     params = [p for p in list(model.parameters()) + list(encoder.parameters()) if p.requires_grad]
@@ -452,9 +450,9 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
                 p.requires_grad_(stage == 2)
         return stage
 
-    ckpt = Checkpoint(ckpt_path, {"spec": asdict(spec), "audio_encoder": cfg.audio_encoder, "encoder_dim": cfg.mel_dim,
-                                  "head_model": head.kind},
-                      normalize={"spec": lambda saved: asdict(FlameTalkSpec(**saved))})  # older specs: defaults
+    ckpt = Checkpoint(ckpt_path, {"spec": spec.to_dict(), "audio_encoder": cfg.audio_encoder,
+                                  "encoder_dim": cfg.mel_dim, "head_model": head.kind},
+                      normalize={"spec": lambda saved: FlameTalkSpec.from_dict(saved).to_dict()})  # older specs
     state = ckpt.read(device)
     objects = {"model": model, "encoder": encoder, "optimizer": optimizer}
     if state is None and cfg.init is not None:  # a fresh run from a prior: its weights (and motion statistics)
@@ -557,7 +555,7 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
     model.eval()
     encoder.eval()
     return model, encoder, {"history": run.history, "iterations_run": max(cfg.iterations - start, 0),
-                            "train_seconds": run.train_seconds, "resumed_from": resumed_from, "spec": asdict(spec)}
+                            "train_seconds": run.train_seconds, "resumed_from": resumed_from, "spec": spec.to_dict()}
 
 
 def open_subjects(cfg: TalkConfig) -> tuple[list[Subject], HeadModel, list[TalkData]]:

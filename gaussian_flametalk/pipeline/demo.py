@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..avatar.train import AvatarConfig, train_avatar
+from ..avatar.train import AvatarConfig, DensifyOptions, train_avatar
 from ..config import resolve_device, validate
 from ..eval.evaluate import EvalConfig, evaluate
 from ..flametalk.train import TalkConfig, train_talk
@@ -130,8 +130,8 @@ def demo(cfg: DemoConfig) -> dict:
     stage("train-avatar", (subject / "avatar" / "meta.json").is_file(), lambda: train_avatar(
         AvatarConfig(subject=subject, iterations=sizes.avatar_iterations, resolution=sizes.avatar_px,
                      device=cfg.device, seed=cfg.seed, checkpoint_every=max(sizes.avatar_iterations // 4, 1),
-                     densify_start=0.25, densify_end=0.75, opacity_resets=0,
-                     sh_degree=2, sh_ramp=2 / 3, progress=cfg.progress)))
+                     densify=DensifyOptions(start=0.25, end=0.75, opacity_resets=0), sh_degree=2, sh_ramp=2 / 3,
+                     progress=cfg.progress)))
     stage("train-talk", (subject / "talk" / "meta.json").is_file(), lambda: train_talk(TalkConfig(
         subjects=(subject,), iterations=sizes.talk_iterations, seq_frames=sizes.talk_seq_frames, device=cfg.device,
         seed=cfg.seed, checkpoint_every=max(sizes.talk_iterations // 4, 1), progress=cfg.progress)))

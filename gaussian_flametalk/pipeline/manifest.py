@@ -16,8 +16,9 @@ YAML (a list of clips, or a mapping with ``clips`` and optional ``defaults`` app
 CSV: a header row with ``video`` and optionally ``name``, ``head_model``, ``speech`` (several files separated by
 ``;``) and one column per override, named ``STAGE.OPTION`` (``train-avatar.iterations``); an empty cell leaves the
 option at its default. Option names are the stage's ``gft STAGE --help`` options without the dashes (``max-triangles``
-or ``max_triangles``); values are checked against the option's type here, and the stage config validates them when
-the plan is made, so a typo fails before any work starts, naming the manifest, the clip and the option.
+or ``max_triangles``; a group's ``densify.grad-threshold``, or in YAML a mapping ``densify: {grad-threshold: ...}``);
+values are checked against the option's type here, and the stage config validates them when the plan is made, so a
+typo fails before any work starts, naming the manifest, the clip and the option.
 """
 
 from __future__ import annotations
@@ -123,22 +124,59 @@ def _coerce(value: Any, tp: Any, base: Path) -> Any:
     raise ValueError(f"options of type {tp} cannot be set from a manifest")
 
 
-def coerce_options(stage: str, config_cls: type, options: dict[str, Any], base: Path) -> dict[str, Any]:
-    """``options`` (names with dashes or underscores) as typed keyword arguments of ``config_cls``; relative paths
-    resolved against ``base``. A ValueError naming the option on an unknown, reserved or mistyped one."""
+def _flatten(options: Any) -> Any:
+    """A stage's options with nested mappings as dotted names (``{"densify": {"start": 0.2}}`` ->
+    ``{"densify.start": 0.2}``), so a clip's options of a group merge with the defaults' one by one."""
+    if not isinstance(options, dict):
+        return options
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in _flatten(value).items()})
+        else:
+            out[str(key)] = value
+    return out
+
+
+def _is_group(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def coerce_options(stage: str, config_cls: type, options: dict[str, Any], base: Path, _prefix: str = ""
+                   ) -> dict[str, Any]:
+    """``options`` (names with dashes or underscores; a nested config's as ``group.name``, e.g.
+    ``densify.grad-threshold``) as typed keyword arguments of ``config_cls`` (a nested config made and validated
+    here); relative paths resolved against ``base``. A ValueError naming the option on an unknown, reserved or
+    mistyped one."""
     hints = typing.get_type_hints(config_cls)
     known = {f.name for f in dataclasses.fields(config_cls)}
-    out = {}
-    for key, value in options.items():
-        name = str(key).replace("-", "_")
+    out: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for key, value in _flatten(options).items():
+        group, dot, rest = str(key).partition(".")
+        name = group.replace("-", "_")
         if name not in known:
-            raise ValueError(f"{stage} has no option {key!r} (see gft {stage.replace('-prior', '')} --help)")
-        if name in RESERVED.get(stage, ()):
+            raise ValueError(f"{stage} has no option {_prefix + str(key)!r} (see gft {stage.replace('-prior', '')} "
+                             f"--help)")
+        if not _prefix and name in RESERVED.get(stage, ()):
             raise ValueError(f"{stage} option {key!r} is set by gft batch itself")
+        tp = hints[name]
+        if _is_group(tp) != bool(dot):
+            what = (f"is a group of options: give {_prefix}{group}.NAME" if not dot else "is not a group of options")
+            raise ValueError(f"{stage} option {_prefix + group!r} {what}")
+        if dot:
+            groups.setdefault(name, {})[rest] = value
+            continue
         try:
-            out[name] = _coerce(value, hints[name], base)
+            out[name] = _coerce(value, tp, base)
         except ValueError as e:
-            raise ValueError(f"{stage} option {key!r}: {e}") from None
+            raise ValueError(f"{stage} option {_prefix + str(key)!r}: {e}") from None
+    for name, sub in groups.items():
+        kwargs = coerce_options(stage, hints[name], sub, base, f"{_prefix}{name}.")
+        try:
+            out[name] = hints[name](**kwargs)  # validates the group's values, naming the option
+        except ValueError as e:
+            raise ValueError(f"{stage}: {e}") from None
     return out
 
 
@@ -170,7 +208,7 @@ def _clip(entry: dict[str, Any], defaults: dict[str, Any], base: Path) -> Clip:
         speech = [s for s in speech.split(";") if s.strip()]
     options = {}
     for stage in CLIP_STAGES:
-        merged = {**(defaults.get(stage) or {}), **(entry.get(stage) or {})}
+        merged = {**_flatten(defaults.get(stage) or {}), **_flatten(entry.get(stage) or {})}
         if not isinstance(merged, dict):
             raise ValueError(f"{stage}: expected a mapping of options")
         if merged:
@@ -260,7 +298,7 @@ def read_manifest(path: str | Path) -> tuple[list[Clip], dict[str, Any]]:
             raise ManifestError(f"{path}: clips {seen[clip.name] + 1} and {k + 1} share the name {clip.name!r} "
                                 f"(give each a distinct 'name')")
         seen[clip.name] = k
-    prior, talk = defaults.get(PRIOR_STAGE) or {}, defaults.get("train-talk") or {}
+    prior, talk = _flatten(defaults.get(PRIOR_STAGE) or {}), _flatten(defaults.get("train-talk") or {})
     if not isinstance(prior, dict) or not isinstance(talk, dict):
         raise ManifestError(f"{path}: defaults: {PRIOR_STAGE} and train-talk take a mapping of options")
     # the prior has the per-clip FlameTalk's encoder and architecture (the adaptation checks they match), but its

@@ -28,7 +28,7 @@ from ..pipeline.batch import BatchConfig, batch
 QUICK = {
     "track": {"resolution": 256, "overlay": False, "rigid_iters": 20, "full_iters": 10, "smooth_iters": 50},
     "train-avatar": {"iterations": 150, "resolution": 96, "max_triangles": 4000, "checkpoint_every": 150,
-                     "opacity_resets": 0, "sh_degree": 1, "grid_frames": 1},
+                     "densify.opacity_resets": 0, "sh_degree": 1, "grid_frames": 1},
 }
 
 

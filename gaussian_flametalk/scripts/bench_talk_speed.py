@@ -31,7 +31,7 @@ from ..config import add_dataclass_args, dataclass_from_args
 from ..io.audio import SAMPLE_RATE, load_audio
 from ..flametalk.encoders import AudioEncoder, load_encoder
 from ..headmodel.motion import motion_vertices
-from ..flametalk.model import FlameTalk, FlameTalkSpec, predict
+from ..flametalk.model import FlameTalk, FlameTalkArch, FlameTalkSpec, predict
 from ..flametalk.inference import load_talk
 from ..flametalk.train import TalkConfig
 from ..headmodel import load_head_model
@@ -52,9 +52,9 @@ class SpeedConfig:
     talk: Path | None = field(default=None, metadata={
         "help": "a trained gft train-talk folder (default: random weights)"})
     head_model: str = field(default="synthetic", metadata={"help": "head model of the random-weight model"})
-    dim: int = field(default=_TALK["dim"], metadata={"help": "transformer width (random-weight model)"})
-    heads: int = field(default=_TALK["heads"], metadata={"help": "attention heads (random-weight model)"})
-    layers: int = field(default=_TALK["layers"], metadata={"help": "decoder layers (random-weight model)"})
+    model: FlameTalkArch = field(default_factory=FlameTalkArch, metadata={
+        "help": "architecture of the random-weight model (gft train-talk's defaults; run in eval mode, so "
+                "--model.dropout changes nothing)"})
     mel_dim: int = field(default=_TALK["mel_dim"], metadata={"help": "mel encoder channels (random-weight model)"})
     window: int = field(default=_TALK["window"], metadata={"help": "inference window (frames)"})
     overlap: int = field(default=_TALK["overlap"], metadata={"help": "inference window overlap (frames)"})
@@ -97,8 +97,7 @@ def _model(cfg: SpeedConfig, encoder: AudioEncoder, device: torch.device) -> tup
     """A random-weight FlameTalk for ``encoder`` and the head model's template: (model, template (V, 3))."""
     head = load_head_model(cfg.head_model)
     torch.manual_seed(0)
-    spec = FlameTalkSpec(head.motion_dim, encoder.dim, head.n_vertices, cfg.dim, cfg.heads, cfg.layers, 2,
-                         _TALK["period"], 0.0)
+    spec = FlameTalkSpec(head.motion_dim, encoder.dim, head.n_vertices, cfg.model)
     model = FlameTalk(spec)
     torch.nn.init.normal_(model.motion_out.weight, std=0.1)  # a zero output layer could make work vanish
     with torch.no_grad():
