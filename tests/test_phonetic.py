@@ -351,3 +351,27 @@ def test_decoding_does_not_depend_on_what_was_decoded_before():
     decode_phones(b)
     decode_phones(b[: b.size // 2])
     assert decode_phones(a) == first
+
+
+@needs_espeak
+def test_offline_prediction_decodes_the_whole_speech_once():
+    """TalkModel.predict knows the whole speech: one decoding serves every window (as training's prepared clips do),
+    and the clip is released afterwards."""
+    from gaussian_flametalk.flametalk.inference import TalkModel
+    from gaussian_flametalk.flametalk.model import FlameTalk, FlameTalkArch, FlameTalkSpec, predict
+    from gaussian_flametalk.headmodel import make_synthetic_head
+
+    torch.manual_seed(0)
+    head = make_synthetic_head()
+    enc = PhoneticEncoder(16).eval()
+    model = FlameTalk(FlameTalkSpec(head.motion_dim, 16, head.n_vertices, FlameTalkArch(dim=32, dropout=0.0))).eval()
+    wave = _speak("Peter picked a peck of pickled peppers. Bob bought a map of Paris.", 0.3)
+    talk = TalkModel(model, enc, head, head.template, torch.zeros(head.n_shape), FPS, window=40, overlap=8)
+    got = talk.predict(wave, "parallel")
+    assert enc.decodes == 1 and not enc._sources  # one decoding for the 4 windows; nothing kept
+    assert got.shape == (int(round(wave.size / HOP)), head.motion_dim)
+    fresh = PhoneticEncoder(16).eval()
+    fresh.load_state_dict(enc.state_dict())
+    fresh.prepare(wave)
+    np.testing.assert_allclose(got, predict(model, fresh, wave, head.template, FPS, "parallel", window=40, overlap=8),
+                               atol=1e-5)
