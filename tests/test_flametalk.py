@@ -11,8 +11,8 @@ import torch
 
 from gaussian_flametalk.io.audio import SAMPLE_RATE, AudioError, save_wav
 from gaussian_flametalk.flametalk.encoders import EncoderNotFoundError, load_encoder
-from gaussian_flametalk.flametalk.model import (FlameTalk, FlameTalkArch, FlameTalkSpec, StreamingPredictor,
-                                                alibi_slopes, alignment_mask, biased_causal_mask,
+from gaussian_flametalk.flametalk.model import (PTALKER_FIELDS, FlameTalk, FlameTalkArch, FlameTalkSpec, PTalkerArch,
+                                                StreamingPredictor, alibi_slopes, alignment_mask, biased_causal_mask,
                                                 periodic_positional_encoding, predict)
 from gaussian_flametalk.flametalk.inference import load_talk
 from gaussian_flametalk.flametalk.train import TalkConfig, train_talk
@@ -239,7 +239,8 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_the_flat_spec_of_older_checkpoints_loads():
-    """Specs saved before FlameTalkArch held the architecture at the top level: they load as the same spec."""
+    """Specs saved before FlameTalkArch held the architecture at the top level, and before PTalkerArch the PTalker
+    fields beside ``ptalker: bool``: they load as the same spec."""
     flat = {"motion_dim": 53, "audio_dim": 16, "n_vertices": 900, "dim": 32, "heads": 2, "layers": 1, "ff_mult": 2,
             "period": 25, "dropout": 0.0, "ptalker": False, "n_subjects": 0, "gat_points": 256, "gat_layers": 2,
             "style_frames": 50, "speaker_encoder": "", "emotion_encoder": ""}
@@ -253,6 +254,22 @@ def test_the_flat_spec_of_older_checkpoints_loads():
         FlameTalkSpec.from_dict({**spec.to_dict(), "dim": 32})
     with pytest.raises(ValueError, match=r"--model\.dim 30 is not a multiple of --model\.heads 4"):
         FlameTalkArch(dim=30)
+    # PTalker specs saved before PTalkerArch: its fields flat beside ptalker=True, the architecture flat (before
+    # FlameTalkArch) or nested (after it)
+    pt_flat = {"ptalker": True, "n_subjects": 2, "gat_points": 32, "gat_layers": 1, "style_frames": 8,
+               "speaker_encoder": "sid", "emotion_encoder": ""}
+    want = FlameTalkSpec(53, 16, 900, FlameTalkArch(dim=32, heads=2, dropout=0.0), n_subjects=2,
+                         ptalker=PTalkerArch(style_frames=8, gat_points=32, gat_layers=1, speaker_encoder="sid"))
+    assert FlameTalkSpec.from_dict({**flat, **pt_flat}) == want
+    assert FlameTalkSpec.from_dict({**spec.to_dict(), **pt_flat}) == want
+    assert want.to_dict()["ptalker"] == {k: pt_flat[k] for k in PTALKER_FIELDS} and spec.to_dict()["ptalker"] is None
+    assert FlameTalkSpec.from_dict(want.to_dict()) == want  # the nested form saved now
+    with pytest.raises(ValueError, match="both nested and flat PTalker fields"):
+        FlameTalkSpec.from_dict({**want.to_dict(), "gat_points": 16})
+    with pytest.raises(TypeError, match="PTalkerArch or None"):
+        FlameTalkSpec(53, 16, 900, ptalker=True)
+    with pytest.raises(ValueError, match=r"--pt\.gat-points: 1 is out of range"):
+        PTalkerArch(gat_points=1)
 
 
 def test_a_checkpoint_with_the_flat_spec_resumes_and_loads(tmp_path):

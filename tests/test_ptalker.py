@@ -15,7 +15,8 @@ import torch
 
 from gaussian_flametalk.flametalk.encoders import load_encoder
 from gaussian_flametalk.headmodel.motion import mouth_opening
-from gaussian_flametalk.flametalk.model import FlameTalk, FlameTalkArch, FlameTalkSpec, StreamingPredictor, predict
+from gaussian_flametalk.flametalk.model import (FlameTalk, FlameTalkArch, FlameTalkSpec, PTalkerArch, StreamingPredictor,
+                                               predict)
 from gaussian_flametalk.flametalk.ptalker import (CausalInstanceNorm, GraphAttentionLayer, IdentityStyleEncoder,
                                                   adversarial_loss, contrastive_loss, gaussian_kl_loss, grad_reverse,
                                                   info_loss, mesh_graph, motion_loss, orthogonality_loss,
@@ -176,7 +177,7 @@ def test_identity_style_of_an_unseen_subject_ignores_the_personal_table():
 def _ptalker_model(head, **kw) -> FlameTalk:
     torch.manual_seed(0)
     model = FlameTalk(FlameTalkSpec(head.motion_dim, 16, head.n_vertices, FlameTalkArch(dim=16, dropout=0.0),
-                                    ptalker=True, n_subjects=2, gat_points=32, style_frames=8, **kw), head).eval()
+                                    n_subjects=2, ptalker=PTalkerArch(gat_points=32, style_frames=8, **kw)), head).eval()
     torch.nn.init.normal_(model.motion_out.weight, std=0.1)
     return model
 
@@ -227,7 +228,7 @@ def test_base_style_inputs_are_checked():
         style = model.base_style(head.template[None], None, torch.randn(20, head.motion_dim))  # 2 pieces of 8
     assert style.shape == (1, 16)
     with pytest.raises(ValueError, match="needs the head model"):
-        FlameTalk(FlameTalkSpec(head.motion_dim, 16, head.n_vertices, ptalker=True, n_subjects=2))
+        FlameTalk(FlameTalkSpec(head.motion_dim, 16, head.n_vertices, n_subjects=2, ptalker=PTalkerArch()))
 
 
 @pytest.mark.parametrize("mode", ["parallel", "autoregressive"])
@@ -326,6 +327,22 @@ def test_unseen_subject_style_from_a_reference_clip(multi, mode):
     assert own.subject_index == 0 and own.reference.shape == (160, own.model.spec.motion_dim)
 
 
+def test_ptalker_checkpoints_with_the_flat_spec_load(multi, tmp_path):
+    """A PTalker checkpoint saved before PTalkerArch (its fields flat beside ``ptalker: true``) loads as the same
+    model."""
+    root, _, _ = multi
+    old = tmp_path / "talk"
+    shutil.copytree(root / "talk", old)
+    state = torch.load(old / "checkpoint.pt", weights_only=False)
+    spec = state["spec"]
+    spec.update(ptalker=True, **spec.pop("ptalker"))
+    torch.save(state, old / "checkpoint.pt")
+    talk, now = load_talk(old), load_talk(root / "talk")
+    assert talk.model.spec == now.model.spec and talk.model.spec.ptalker == PTalkerArch(gat_points=32, style_frames=32)
+    wave = speech_like(1.0, 5)[0]
+    np.testing.assert_array_equal(talk.predict(wave, "parallel"), now.predict(wave, "parallel"))
+
+
 def test_checkpoints_of_the_earlier_ptalker_are_refused_clearly(multi, tmp_path):
     root, _, _ = multi
     old = tmp_path / "talk"
@@ -350,6 +367,8 @@ def test_resume_across_the_stage_switch(tmp_path):
     fit_talk(datas, head, cfg("a", 4), tmp_path / "a")
     fit_talk(datas, head, cfg("b", 1), tmp_path / "b")
     one = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    flat = {**one, "spec": {**one["spec"], "ptalker": True, **one["spec"]["ptalker"]}}
+    torch.save(flat, tmp_path / "b" / "checkpoint.pt")  # as saved before PTalkerArch: it resumes all the same
     fit_talk(datas, head, cfg("c", 2), tmp_path / "c")
     _, _, info = fit_talk(datas, head, cfg("b", 4), tmp_path / "b")  # resumes at 1, crosses the switch at 2
     assert info["resumed_from"] == 1 and info["iterations_run"] == 3
@@ -380,7 +399,8 @@ def test_pretrained_audio_encoders_offline(tmp_path, monkeypatch):
                   audio_encoder=f"hubert:{hubert}", seq_frames=8, batch_size=2, model=FlameTalkArch(dim=16))
     _, head, datas = open_subjects(cfg)
     model, encoder, info = fit_talk(datas, head, cfg, tmp_path / "o")
-    assert info["spec"]["speaker_encoder"] == str(speaker) and info["spec"]["emotion_encoder"] == str(emotion)
+    saved = info["spec"]["ptalker"]
+    assert saved["speaker_encoder"] == str(speaker) and saved["emotion_encoder"] == str(emotion)
     style = model.ptalker.audio_style
     assert len(style.pretrained) == 2 and encoder.spec == f"hubert:{hubert}"
     torch.manual_seed(3)
@@ -437,8 +457,7 @@ def test_single_subject_checkpoints_without_ptalker_fields_still_load(tmp_path):
     train_talk(_config((subject,), tmp_path / "talk", 1, **cfg))
     path = tmp_path / "talk" / "checkpoint.pt"
     state = torch.load(path, weights_only=False)
-    for key in ("ptalker", "n_subjects", "gat_points", "gat_layers", "style_frames", "speaker_encoder",
-                "emotion_encoder"):
+    for key in ("ptalker", "n_subjects"):  # a plain spec's PTalker fields (flat then, nested in PTalkerArch now)
         del state["spec"][key]
     torch.save(state, path)
     talk = load_talk(tmp_path / "talk")

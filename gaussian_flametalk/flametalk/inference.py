@@ -139,7 +139,7 @@ def load_talk(folder: str | os.PathLike, subject: str | os.PathLike | None = Non
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        older = spec.ptalker and any(k.startswith("ptalker.mesh.") for k in state["model"])
+        older = spec.ptalker is not None and any(k.startswith("ptalker.mesh.") for k in state["model"])
         raise ValueError(f"{ckpt_path}: " + ("trained with the earlier PTalker approximation (a template-mesh encoder), "
                                              "not PTalker as the paper describes it: retrain it with gft train-talk "
                                              "--ptalker" if older else f"the weights do not fit the saved spec ({e})")

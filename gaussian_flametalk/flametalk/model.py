@@ -35,8 +35,8 @@ from ..headmodel import HeadModel
 from ..io.audio import SAMPLE_RATE
 from .encoders import AudioEncoder, frames_for_samples
 
-__all__ = ["ARCH_FIELDS", "FlameTalk", "FlameTalkArch", "FlameTalkSpec", "StreamingPredictor", "StyleEncoder",
-           "alibi_slopes", "alignment_mask", "biased_causal_mask", "eval_mode", "periodic_positional_encoding",
+__all__ = ["ARCH_FIELDS", "FlameTalk", "FlameTalkArch", "FlameTalkSpec", "PTALKER_FIELDS", "PTalkerArch",
+           "StreamingPredictor", "StyleEncoder", "alibi_slopes", "alignment_mask", "biased_causal_mask", "eval_mode", "periodic_positional_encoding",
            "predict"]
 
 
@@ -126,38 +126,79 @@ ARCH_FIELDS = tuple(f.name for f in fields(FlameTalkArch))
 
 
 @dataclass
+class PTalkerArch:
+    """What a PTalker FlameTalk is built from besides :class:`FlameTalkArch`: the part of ``gft train-talk``'s
+    ``--pt.*`` options (:class:`~.train.PTalkerOptions` inherits these fields) that a PTalker :class:`FlameTalkSpec`
+    saves as its ``ptalker``."""
+
+    style_frames: int = field(default=50, metadata={"min": 2, "help": "frames of a motion-style clip (training: "
+                                                                      "another clip of the subject; inference: pieces "
+                                                                      "of the reference)"})
+    gat_points: int = field(default=128, metadata={"min": 2, "help": "E_G graph nodes (face-region vertex clusters)"})
+    gat_layers: int = field(default=2, metadata={"min": 1, "help": "E_G graph attention layers"})
+    speaker_encoder: str = field(default="", metadata={
+        "help": "E_a^s speaker-identification network W_s: a wav2vec2 hub id or local folder (e.g. "
+                "superb/wav2vec2-base-superb-sid); '' with no --pt.emotion-encoder either: the offline stand-in over "
+                "the audio encoder's features"})
+    emotion_encoder: str = field(default="", metadata={
+        "help": "E_a^s emotion network W_e: a wav2vec2 hub id or local folder (e.g. superb/wav2vec2-base-superb-er)"})
+
+    def __post_init__(self) -> None:
+        validate(self, "pt.")  # the ranges in the fields' metadata
+
+    def arch(self) -> PTalkerArch:
+        """These fields alone (a :class:`~.train.PTalkerOptions` holds the training options besides them)."""
+        return PTalkerArch(**{f.name: getattr(self, f.name) for f in fields(PTalkerArch)})
+
+
+#: the PTalker fields, which specs saved before :class:`PTalkerArch` held at the top level beside ``ptalker: bool``
+PTALKER_FIELDS = tuple(f.name for f in fields(PTalkerArch))
+
+
+@dataclass
 class FlameTalkSpec:
     """Everything a FlameTalk is built from (saved in checkpoints, :meth:`to_dict` / :meth:`from_dict`): the sizes
-    the data gives, the architecture, and the PTalker fields (``ptalker`` and after). The PTalker fields have
-    defaults, so checkpoints from before them load unchanged."""
+    the data gives (``n_subjects``: PTalker's training subjects, 0 without), the architecture, and with PTalker its
+    :class:`PTalkerArch` (``ptalker``; None: a plain FlameTalk)."""
 
     motion_dim: int
     audio_dim: int
     n_vertices: int
     arch: FlameTalkArch = field(default_factory=FlameTalkArch)
-    ptalker: bool = False
     n_subjects: int = 0
-    gat_points: int = 256  # the PTalker default is PTalkerOptions's; this one keeps older checkpoints' specs equal
-    gat_layers: int = 2
-    style_frames: int = 50
-    speaker_encoder: str = ""
-    emotion_encoder: str = ""
+    ptalker: PTalkerArch | None = None
+
+    def __post_init__(self) -> None:
+        if self.ptalker is not None and not isinstance(self.ptalker, PTalkerArch):
+            raise TypeError(f"FlameTalkSpec.ptalker is a PTalkerArch or None, got {self.ptalker!r} (the older flat "
+                            f"form with ptalker=True is read by FlameTalkSpec.from_dict)")
 
     def to_dict(self) -> dict:
-        """The saved form: the fields, the architecture as a nested dict under ``arch``."""
+        """The saved form: the fields, the architecture as a nested dict under ``arch``, the PTalker fields as one
+        under ``ptalker`` (None without)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, saved: dict) -> FlameTalkSpec:
-        """A spec from its saved form, or from the flat dict of a checkpoint written before the architecture was
-        nested (``dim``, ``heads``, ... beside ``motion_dim``); fields a saved spec lacks take their defaults."""
+        """A spec from its saved form, or from the flat forms of checkpoints written before: the architecture
+        (``dim``, ``heads``, ...) beside ``motion_dim`` (before :class:`FlameTalkArch`), the PTalker fields
+        (``gat_points``, ...) beside ``ptalker: bool`` (before :class:`PTalkerArch`; with ``ptalker`` false they are
+        unused and dropped); fields a saved spec lacks take their defaults."""
         saved = dict(saved)
         arch = saved.pop("arch", None)
         flat = {k: saved.pop(k) for k in ARCH_FIELDS if k in saved}
         if arch is not None and flat:
             raise ValueError(f"a FlameTalk spec with both a nested and a flat architecture ({sorted(flat)})")
         arch = FlameTalkArch(**(arch if arch is not None else flat))
-        return cls(**saved, arch=arch)
+        ptalker = saved.pop("ptalker", None)
+        flat = {k: saved.pop(k) for k in PTALKER_FIELDS if k in saved}
+        if isinstance(ptalker, dict):
+            if flat:
+                raise ValueError(f"a FlameTalk spec with both nested and flat PTalker fields ({sorted(flat)})")
+            ptalker = PTalkerArch(**ptalker)
+        elif ptalker is not None and not isinstance(ptalker, PTalkerArch):  # the flat form: a bool
+            ptalker = PTalkerArch(**flat) if ptalker else None
+        return cls(**saved, arch=arch, ptalker=ptalker)
 
 
 @contextmanager
@@ -188,9 +229,10 @@ class FlameTalk(nn.Module):
 
             if head is None:
                 raise ValueError("a PTalker FlameTalk needs the head model (its mesh is the mesh encoder's graph)")
+            pt = spec.ptalker
             self.ptalker = PTalkerStyle(spec.motion_dim, spec.audio_dim, d, arch.heads, arch.dropout,
-                                        spec.n_subjects, head, spec.gat_points, spec.gat_layers, spec.style_frames,
-                                        spec.speaker_encoder, spec.emotion_encoder)
+                                        spec.n_subjects, head, pt.gat_points, pt.gat_layers, pt.style_frames,
+                                        pt.speaker_encoder, pt.emotion_encoder)
         else:
             self.style = StyleEncoder(spec.n_vertices, d)
         self.motion_in = nn.Linear(spec.motion_dim, d)

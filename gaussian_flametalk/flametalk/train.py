@@ -59,7 +59,7 @@ from .inference import subject_template
 from ..headmodel.motion import motion_from_params, motion_to_kwargs, motion_vertices, mouth_opening
 from ..metrics.motion import lip_vertex_error
 from .losses import trend_loss, velocity_loss, vertex_loss
-from .model import ARCH_FIELDS, FlameTalk, FlameTalkArch, FlameTalkSpec, eval_mode, predict
+from .model import ARCH_FIELDS, FlameTalk, FlameTalkArch, FlameTalkSpec, PTalkerArch, eval_mode, predict
 from .projection import MotionProjector
 from .ptalker import (adversarial_loss, contrastive_loss, info_loss, motion_loss, orthogonality_loss,
                       style_similarity_loss)
@@ -74,22 +74,13 @@ STAGE_GROUPS = ("audio_encoder", "decoder", "graph", "identity", "motion_style",
 
 
 @dataclass
-class PTalkerOptions:
-    """PTalker's options (``--pt.NAME``, used with ``--ptalker``); the weights carry the paper's symbols."""
+class PTalkerOptions(PTalkerArch):
+    """PTalker's options (``--pt.NAME``, used with ``--ptalker``): the model's own fields (:class:`~.model.PTalkerArch`,
+    saved in the spec: ``--pt.style-frames``, ``--pt.gat-points``, ``--pt.gat-layers``, ``--pt.speaker-encoder``,
+    ``--pt.emotion-encoder``), then the training options; the weights carry the paper's symbols."""
 
-    style_frames: int = field(default=50, metadata={"min": 2, "help": "frames of a motion-style clip (training: "
-                                                           "another clip of the subject; inference: pieces of the "
-                                                           "reference)"})
     identity_dropout: float = field(default=0.3, metadata={"min": 0, "max": 1, "help": "probability of hiding a clip's "
                                                                    "one-hot identity (trains the unseen-subject path)"})
-    gat_points: int = field(default=128, metadata={"min": 2, "help": "E_G graph nodes (face-region vertex clusters)"})
-    gat_layers: int = field(default=2, metadata={"min": 1, "help": "E_G graph attention layers"})
-    speaker_encoder: str = field(default="", metadata={
-        "help": "E_a^s speaker-identification network W_s: a wav2vec2 hub id or local folder (e.g. "
-                "superb/wav2vec2-base-superb-sid); '' with no --pt.emotion-encoder either: the offline stand-in over "
-                "the audio encoder's features"})
-    emotion_encoder: str = field(default="", metadata={
-        "help": "E_a^s emotion network W_e: a wav2vec2 hub id or local folder (e.g. superb/wav2vec2-base-superb-er)"})
     stage_switch: int = field(default=200, metadata={"min": 0, "help": "iteration where stage 2 (everything trainable) "
                                                                        "starts"})
     stage1_frozen: tuple[str, ...] = field(default=("identity", "motion_style", "audio_style"), metadata={
@@ -347,7 +338,7 @@ def style_space(model: FlameTalk, encoder: AudioEncoder, datas: list[TalkData], 
 
     ctx = _context_frames(encoder, datas[0].fps)
     with torch.no_grad(), eval_mode(model, encoder):
-        codes = [_clip_style_codes(model, encoder, d, k, model.spec.style_frames, ctx, clips)
+        codes = [_clip_style_codes(model, encoder, d, k, model.spec.ptalker.style_frames, ctx, clips)
                  for k, d in enumerate(datas)]
     labels = np.concatenate([np.full(len(c[0]), k) for k, c in enumerate(codes)])
     fig = Figure(figsize=(10, 4.5))
@@ -432,10 +423,8 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
     for d in datas:
         encoder.prepare(d.wave)
     pt = cfg.pt
-    extra = dict(ptalker=True, n_subjects=len(datas), gat_points=pt.gat_points, gat_layers=pt.gat_layers,
-                 style_frames=pt.style_frames, speaker_encoder=pt.speaker_encoder,
-                 emotion_encoder=pt.emotion_encoder) if cfg.ptalker else {}
-    spec = FlameTalkSpec(head.motion_dim, encoder.dim, head.n_vertices, cfg.model, **extra)
+    spec = FlameTalkSpec(head.motion_dim, encoder.dim, head.n_vertices, cfg.model, len(datas) if cfg.ptalker else 0,
+                         pt.arch() if cfg.ptalker else None)
     model = FlameTalk(spec, head if cfg.ptalker else None).to(device)
     model.set_motion_stats(torch.cat([d.motion[d.train_idx] for d in datas]).to(device))
     params = [p for p in list(model.parameters()) + list(encoder.parameters()) if p.requires_grad]
