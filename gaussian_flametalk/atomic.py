@@ -1,9 +1,10 @@
-"""Atomic writes: every file the pipeline writes goes through :func:`atomic_write`.
+"""Atomic writes: every file the pipeline writes goes through :func:`atomic_write`, every folder built as a whole
+(a SUBJECT, the demo subject, a VHAP export) through :func:`start_folder` / :func:`finish_folder`.
 
 The content is written to a unique temporary name in the destination folder and renamed over the destination only
 when it is complete (``os.replace`` is atomic within one file system), so a killed run leaves either the old
 finished file or none, never a partial one that looks finished; on an error the temporary file is removed and the
-old file is untouched.
+old file is untouched. A folder is built under ``FINAL.partial`` and renamed to ``FINAL`` when complete.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import numpy as np
 
 from .errors import GftError
 
-__all__ = ["atomic_write", "ensure_writable", "jsonable", "save_figure", "save_npz", "save_png", "save_torch", "temp_path",
-           "write_json", "write_text"]
+__all__ = ["atomic_write", "ensure_writable", "finish_folder", "jsonable", "partial_folder", "save_figure", "save_npz",
+           "save_png", "save_torch", "start_folder", "temp_path", "write_json", "write_text"]
 
 
 def temp_path(final: str | os.PathLike, suffix: str | None = None) -> Path:
@@ -69,6 +70,33 @@ def atomic_write(path: str | os.PathLike, suffix: str | None = None) -> Iterator
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def partial_folder(final: str | os.PathLike) -> Path:
+    """Where the folder ``final`` is built before :func:`finish_folder` renames it into place: ``FINAL.partial``
+    beside it (so a killed run never leaves a finished-looking ``FINAL``)."""
+    final = Path(final)
+    return final.with_name(final.name + ".partial")
+
+
+def start_folder(final: str | os.PathLike, resume: bool = False) -> Path:
+    """Create the :func:`partial_folder` of ``final`` and return it; emptied first unless ``resume`` (keep what an
+    interrupted run left there). Nothing at ``final`` is touched."""
+    work = partial_folder(final)
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def finish_folder(final: str | os.PathLike) -> Path:
+    """Rename the complete :func:`partial_folder` of ``final`` to ``final``, replacing an old ``final``. Returns
+    ``final``."""
+    final = Path(final)
+    if final.exists():
+        shutil.rmtree(final)
+    partial_folder(final).rename(final)
+    return final
 
 
 def jsonable(value: Any) -> Any:

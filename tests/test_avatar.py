@@ -33,11 +33,8 @@ from gaussian_flametalk.avatar.train import (
 from gaussian_flametalk.geometry.camera import Camera
 from gaussian_flametalk.headmodel import HeadParams, make_synthetic_head
 from gaussian_flametalk.scripts.gft import main as gft_main
-from gaussian_flametalk.io.subject import (
-    save_camera,
-    train_test_split,
-    write_json,
-)
+from gaussian_flametalk.io.meta import StageMeta
+from gaussian_flametalk.io.subject import SubjectWriter, train_test_split, write_json
 
 
 def synthetic_clip(n: int = 60, size: int = 128, seed: int = 0):
@@ -122,26 +119,24 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
 
 
 def make_subject(root: Path, n: int = 20, size: int = 96) -> Path:
-    """A SUBJECT folder (as gft track writes it) for the synthetic head, rendered from the ground-truth avatar over a
-    textured background."""
+    """A SUBJECT folder (through the SUBJECT writer, as gft track writes it) for the synthetic head, rendered from the
+    ground-truth avatar over a textured background."""
     images, alpha, params, cam, model = synthetic_clip(n, size)
-    (root / "frames").mkdir(parents=True)
-    (root / "masks").mkdir()
+    writer = SubjectWriter(root)
     yy, xx = np.mgrid[0:size, 0:size]
     bg = np.stack([xx, yy, (xx + yy) // 2], -1).astype(np.float32) / size
     for i in range(n):
         a = alpha[i].numpy()[..., None]
         frame = images[i].numpy().astype(np.float32) / 255 + (1 - a) * bg
-        cv2.imwrite(str(root / "frames" / f"{i:06d}.jpg"), (frame.clip(0, 1) * 255).astype(np.uint8)[..., ::-1])
-        cv2.imwrite(str(root / "masks" / f"{i:06d}.png"), (alpha[i].numpy() * 255).astype(np.uint8))
-    np.savez(root / "params.npz", **params.to_numpy())
-    save_camera(root / "camera.json", cam, 25.0)
-    write_json(root / "meta.json", {
-        "stage": "track", "n_frames": n, "fps": 25.0, "resolution": size,
+        writer.frame(i, (frame.clip(0, 1) * 255).astype(np.uint8))
+        writer.mask(i, (alpha[i].numpy() * 255).astype(np.uint8))
+    writer.params(params)
+    writer.camera(cam, 25.0)
+    return writer.finish(StageMeta(stage="track", extra={
+        "n_frames": n, "fps": 25.0, "resolution": size,
         "head_model": {"spec": "synthetic", "kind": model.kind, "n_shape": model.n_shape,
                        "n_expression": model.n_expression},
-    })
-    return root
+    }))
 
 
 def test_train_avatar_stage_outputs_and_render(tmp_path):

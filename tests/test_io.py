@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gaussian_flametalk.atomic import atomic_write, save_npz, write_json
+from gaussian_flametalk.atomic import atomic_write, finish_folder, save_npz, start_folder, write_json
 from gaussian_flametalk.geometry.camera import Camera
 from gaussian_flametalk.headmodel import HeadParams, make_synthetic_head
 from gaussian_flametalk.io.meta import META_FORMAT, StageMeta, read_meta, write_meta
@@ -50,6 +50,23 @@ def test_an_error_inside_the_write_keeps_the_old_file_and_leaves_no_temporary(tm
             raise RuntimeError("boom")
     assert json.loads(target.read_text()) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_a_folder_is_built_aside_and_renamed_into_place(tmp_path):
+    """A folder built as a whole (a SUBJECT, the demo subject, a VHAP export) lives in FINAL.partial until it is
+    complete: the old finished folder stays as it was until then, a fresh start empties the partial one, a resumed
+    one keeps it."""
+    final = tmp_path / "S"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    work = start_folder(final)
+    (work / "new.txt").write_text("new")
+    assert work == tmp_path / "S.partial" and sorted(p.name for p in final.iterdir()) == ["old.txt"]
+    assert start_folder(final, resume=True) == work and (work / "new.txt").is_file()
+    assert not any(start_folder(final).iterdir())  # a fresh start: nothing of the interrupted build
+    (work / "new.txt").write_text("new")
+    assert finish_folder(final) == final and sorted(p.name for p in final.iterdir()) == ["new.txt"]
+    assert not work.exists()
 
 
 def test_json_is_strict_with_nan_as_null(tmp_path):

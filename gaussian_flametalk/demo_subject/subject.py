@@ -45,13 +45,13 @@ from tqdm.auto import tqdm
 
 from ..errors import GftError
 from ..config import config_to_dict, resolve_device, validate
-from ..io.meta import package_versions
+from ..io.meta import StageMeta, package_versions, write_meta
 from ..io.audio import SAMPLE_RATE, load_audio, save_wav
 from ..geometry.camera import Camera
 from ..headmodel import HeadParams, make_synthetic_head
 from ..headmodel.synthetic import EXPRESSION_NAMES
 from ..tracking.landmarks import inter_ocular
-from ..atomic import write_json
+from ..atomic import finish_folder, save_npz, start_folder
 from ..io.subject import Subject, save_camera
 from ..io.media import write_video
 from .face import DemoFaceRenderer
@@ -321,9 +321,7 @@ def make_demo_subject(cfg: DemoSubjectConfig) -> dict:
 
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    work = out.with_name(out.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = start_folder(out)
 
     t0 = time.perf_counter()
     speech, used = speak_sentences(TRAIN_SENTENCES, cfg.target_seconds, cfg.voice, cfg.words_per_minute)
@@ -357,7 +355,7 @@ def make_demo_subject(cfg: DemoSubjectConfig) -> dict:
     write_video(work / "video.mp4", bar, cfg.fps, audio_wav=work / "speech.wav", preset="fast")
     timings["render_s"] = time.perf_counter() - t0
 
-    np.savez(work / "gt_params.npz", **{k: v.astype(np.float32) for k, v in params.to_numpy().items()},
+    save_npz(work / "gt_params.npz", **{k: v.astype(np.float32) for k, v in params.to_numpy().items()},
              landmarks2d=landmarks2d.astype(np.float32))
     save_camera(work / "camera.json", camera, cfg.fps)
     timings["total_s"] = time.perf_counter() - t_all
@@ -369,17 +367,15 @@ def make_demo_subject(cfg: DemoSubjectConfig) -> dict:
         "blinks": int((np.diff((blink > 1.5).astype(int)) > 0).sum()),
         "inter_ocular_px": float(np.median(inter_ocular(landmarks2d))),
     }
-    meta = {
-        "stage": "demo-subject", "settings": _settings(cfg), "config": config_to_dict(cfg),
-        "versions": {**package_versions("mediapipe", "opencv-contrib-python", "imageio-ffmpeg"),
-                     "espeak-ng": espeak_version()},
-        "head_model": "synthetic", "sentences": {"train": used, "drive": DRIVE_SENTENCE},
-        "figures": figures, "timings": timings,
-    }
-    write_json(work / "meta.json", meta)
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
+    meta = write_meta(work / "meta.json", StageMeta(
+        stage="demo-subject", config=config_to_dict(cfg),
+        versions={**package_versions("mediapipe", "opencv-contrib-python", "imageio-ffmpeg"),
+                  "espeak-ng": espeak_version()},
+        outputs=["video.mp4", "speech.wav", "drive_speech.wav", "gt_params.npz", "camera.json"],
+        timings=timings, figures=figures,
+        extra={"settings": _settings(cfg), "head_model": "synthetic",
+               "sentences": {"train": used, "drive": DRIVE_SENTENCE}}))
+    finish_folder(out)
     _log(f"wrote {out}: {n_frames} frames ({figures['seconds']:.1f} s) at {cfg.size}x{cfg.size} "
          f"in {timings['total_s']:.1f} s")
     return _result(out, meta)

@@ -44,7 +44,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..atomic import save_npz, save_png, write_json
+from ..atomic import finish_folder, save_npz, save_png, start_folder, write_json
 from ..avatar.sequence import load_params
 from ..config import config_to_dict, validate
 from ..errors import GftError
@@ -344,8 +344,6 @@ def _intrinsics(fx: float, fy: float, cx: float, cy: float, w: int, h: int) -> d
 def export_vhap(cfg: ExportVhapConfig) -> Path:
     """Write SUBJECT ``cfg.subject`` in VHAP's export layout at ``cfg.out`` (built under ``OUT.partial``, renamed when
     complete; an existing ``OUT`` is replaced). Returns ``cfg.out``."""
-    import shutil
-
     from tqdm.auto import tqdm
 
     _refuse_existing(Path(cfg.out), cfg.force)
@@ -358,8 +356,7 @@ def export_vhap(cfg: ExportVhapConfig) -> Path:
     camera = subject.camera(dtype=torch.float64)
     c2w_gl = np.linalg.inv(camera.viewmat.numpy()) @ GL_CV
     out = Path(cfg.out)
-    work = out.with_name(out.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
+    work = start_folder(out)
     arrays = params.to_numpy()
     # GaussianAvatars reads static_offset from the first timestep unless told not to: zeros over the FLAME file's own
     # vertices (it pads them to its mesh with teeth)
@@ -396,10 +393,7 @@ def export_vhap(cfg: ExportVhapConfig) -> Path:
     for suffix, (entries, steps, cams) in splits.items():
         write_json(work / f"transforms{suffix}.json",
                    {"frames": entries, **shared, "timestep_indices": steps, "camera_indices": cams})
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
-    return out
+    return finish_folder(out)
 
 
 def main_import(cfg: ImportVhapConfig) -> int:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import torch
 
 from ..geometry.camera import Camera
 from ..headmodel import HeadModel, HeadParams, load_head_model
-from ..atomic import atomic_write, save_npz, write_json
+from ..atomic import atomic_write, finish_folder, save_npz, start_folder, write_json
 from .media import CropBox
 from .meta import StageMeta, read_meta, write_meta
 
@@ -170,9 +169,7 @@ class SubjectWriter:
 
     def __init__(self, root: str | os.PathLike, resume: bool = False) -> None:
         self.root = Path(root)
-        self.work = self.root.with_name(self.root.name + ".partial")
-        if not resume:
-            shutil.rmtree(self.work, ignore_errors=True)
+        self.work = start_folder(self.root, resume)
         (self.work / "frames").mkdir(parents=True, exist_ok=True)
         (self.work / "masks").mkdir(parents=True, exist_ok=True)
 
@@ -216,7 +213,4 @@ class SubjectWriter:
             if key not in meta.extra:
                 raise ValueError(f"a SUBJECT's meta.json needs {key!r}")
         write_meta(self.work / "meta.json", meta)
-        if self.root.exists():
-            shutil.rmtree(self.root)
-        self.work.rename(self.root)
-        return self.root
+        return finish_folder(self.root)

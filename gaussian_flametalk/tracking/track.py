@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..config import config_to_dict, resolve_device, validate
 from ..headmodel import HeadModel, load_head_model
-from ..atomic import write_json
+from ..atomic import partial_folder, write_json
 from ..io.media import VideoError, VideoInfo, extract_audio, iter_frames, probe_video, write_video
 from ..io.lock import stage_lock
 from ..io.meta import StageMeta, package_versions
@@ -135,7 +135,7 @@ MIN_FRAMES = 10
 
 def _track(cfg: TrackConfig, out: Path, info: VideoInfo, model: HeadModel, t_all: float) -> Path:
     timings: dict[str, float] = {}
-    work = out.with_name(out.name + ".partial")
+    work = partial_folder(out)
     settings = {"video": str(Path(cfg.video).resolve()), "fps": cfg.fps, "resolution": cfg.resolution, "detector": cfg.detector}
     settings_path = work / "detection.json"
     reuse = (work / "landmarks.npz").is_file() and settings_path.is_file() and json.loads(settings_path.read_text()) == settings
