@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from gaussian_flametalk.io.audio import SAMPLE_RATE, AudioError, save_wav
+from gaussian_flametalk.io.meta import META_FORMAT, StageMeta
+from gaussian_flametalk.io.subject import SubjectWriter
 from gaussian_flametalk.flametalk.encoders import EncoderNotFoundError, load_encoder
 from gaussian_flametalk.flametalk.model import (PTALKER_FIELDS, FlameTalk, FlameTalkArch, FlameTalkSpec, PTalkerArch,
                                                 StreamingPredictor, alibi_slopes, alignment_mask, biased_causal_mask,
@@ -45,9 +47,8 @@ def speech_like(seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_subject(root: Path, seconds: float = 24.0, seed: int = 0, amplitude: float = 0.25, audio: bool = True) -> Path:
-    """A SUBJECT-like folder on the synthetic head: jaw opening = amplitude * speech envelope, one expression
-    following it too."""
-    root.mkdir(parents=True)
+    """A SUBJECT folder (through the SUBJECT writer; no frames) on the synthetic head: jaw opening = amplitude * speech
+    envelope, one expression following it too."""
     head = make_synthetic_head()
     samples, env = speech_like(seconds, seed)
     t = len(env)
@@ -55,14 +56,14 @@ def make_subject(root: Path, seconds: float = 24.0, seed: int = 0, amplitude: fl
     p.shape[:] = torch.linspace(-0.5, 0.5, head.n_shape)
     p.jaw[:, 0] = torch.from_numpy(amplitude * env).float()
     p.expression[:, 0] = torch.from_numpy(0.8 * env).float()
-    np.savez(root / "params.npz", **p.to_numpy())
+    writer = SubjectWriter(root)
+    writer.params(p)
     if audio:
-        save_wav(root / "audio.wav", samples)
-    (root / "meta.json").write_text(json.dumps({
-        "stage": "track", "n_frames": t, "fps": FPS,
+        save_wav(writer.path("audio.wav"), samples)
+    return writer.finish(StageMeta(stage="track", extra={
+        "n_frames": t, "fps": FPS,
         "head_model": {"spec": "synthetic", "kind": "flame", "n_shape": head.n_shape, "n_expression": head.n_expression},
     }))
-    return root
 
 
 # ------------------------------------------------------------------------------------------------ encoders
@@ -197,14 +198,15 @@ def test_training_learns_mouth_motion_from_audio(trained):
     r = meta["test"]["S"]
     print(f"\ntest vertex error {r['vertex_error_mm']:.3f} mm vs mean baseline {r['baseline_vertex_error_mm']:.3f}; "
           f"LVE {r['lve_mm']:.3f} vs {r['baseline_lve_mm']:.3f}; corr {r['mouth_opening_correlation']:.3f}; "
-          f"{meta['it_per_s']:.2f} it/s")
+          f"{meta['timings']['iterations_per_s']:.2f} it/s")
     assert r["vertex_error_mm"] < 0.6 * r["baseline_vertex_error_mm"]
     assert r["lve_mm"] < 0.6 * r["baseline_lve_mm"]
     assert r["mouth_opening_correlation"] > 0.5
     with np.load(root / "talk" / "test" / "S.npz") as z:
         assert z["motion_pred"].shape == z["motion_true"].shape == (80, 13) and z["jaw"].shape == (80, 3)
     saved = json.loads((root / "talk" / "meta.json").read_text())
-    assert saved["stage"] == "train-talk" and saved["iterations_run"] == 100
+    assert saved["stage"] == "train-talk" and saved["iterations_run"] == 100 and saved["format"] == META_FORMAT
+    assert saved["outputs"] == ["checkpoint.pt", "test/S.npz"] and saved["figures"]["final_train_loss"] > 0
 
 
 def test_windowed_joins_are_seamless_and_silence_closes_the_mouth(trained):

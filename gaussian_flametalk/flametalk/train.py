@@ -31,8 +31,9 @@ on a loaded 2-core machine). Test-split predictions are kept in the subject's tr
 Outputs in OUT (default: the first SUBJECT's ``talk/``), each written atomically, ``meta.json`` last:
 ``checkpoint.pt`` (every ``checkpoint_every`` iterations and at the end; a re-run resumes, and continues exactly as
 an uninterrupted run would), ``test/<subject>.npz`` (test frames: ``frames``, ``motion_pred``, ``motion_true``,
-``expression``, ``jaw``), with ``--ptalker`` ``style_space.png``, ``meta.json`` (config, versions, inputs, figures: test vertex error and LVE against the
-mean-motion baseline, mouth-opening correlation, it/s).
+``expression``, ``jaw``), with ``--ptalker`` ``style_space.png``, ``meta.json`` (the :mod:`~gaussian_flametalk.io.meta`
+schema: config, versions, inputs, outputs, timings with it/s, figures with the final training loss; per subject under
+``test``: test vertex error and LVE against the mean-motion baseline, mouth-opening correlation).
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..atomic import save_figure, save_npz, write_json
+from ..atomic import save_figure, save_npz
 from ..config import config_to_dict, flag_name, resolve_device, validate
 from ..headmodel import HeadModel
 from ..io.lock import stage_lock
-from ..io.meta import package_versions
+from ..io.meta import StageMeta, package_versions, write_meta
 from ..io.subject import Subject
 from ..io.training import Checkpoint, RunState, restore, run_training
 from ..io.audio import SAMPLE_RATE, AudioError, load_audio
@@ -591,25 +592,18 @@ def _train_talk(cfg: TalkConfig, subjects: list[Subject], head: HeadModel, datas
                  expression=kw["expression"].numpy(), jaw=kw.get("jaw", torch.zeros(len(pred), 3)).numpy())
         results[name] = {"subject": str(subject.root), **figures}
     space = style_space(model, encoder, datas, out / "style_space.png") if cfg.ptalker else None
-    meta = {
-        "stage": "train-talk",
-        "config": config_to_dict(cfg),
-        "versions": package_versions("transformers"),
-        "subjects": [str(s.root) for s in subjects],
-        "head_model": subjects[0].meta["head_model"],
-        "fps": datas[0].fps,
-        "spec": info["spec"],
-        "iterations": cfg.iterations,
-        "iterations_run": info["iterations_run"],
-        "resumed_from": info["resumed_from"],
-        "train_seconds": info["train_seconds"],
-        "it_per_s": info["iterations_run"] / max(info["train_seconds"], 1e-9) if info["resumed_from"] is None else None,
-        "final_loss": info["history"][-1]["loss"] if info["history"] else None,
-        "test": results,
-        **({"style_space": space} if space is not None else {}),
-    }
-    write_json(out / "meta.json", meta)
-    return meta
+    fresh = info["resumed_from"] is None
+    return write_meta(out / "meta.json", StageMeta(
+        stage="train-talk", config=config_to_dict(cfg), versions=package_versions("transformers"),
+        inputs={"init": str(cfg.init) if cfg.init is not None else None},
+        outputs=["checkpoint.pt", *(f"test/{name}.npz" for name in results), *(["style_space.png"] if space else [])],
+        timings={"train_s": info["train_seconds"],
+                 "iterations_per_s": info["iterations_run"] / max(info["train_seconds"], 1e-9) if fresh else None},
+        figures={"final_train_loss": info["history"][-1]["loss"] if info["history"] else None},
+        extra={"subjects": [str(s.root) for s in subjects], "head_model": subjects[0].meta["head_model"],
+               "fps": datas[0].fps, "spec": info["spec"], "iterations": cfg.iterations,
+               "iterations_run": info["iterations_run"], "resumed_from": info["resumed_from"], "test": results,
+               **({"style_space": space} if space is not None else {})}))
 
 
 def main(cfg: TalkConfig) -> int:

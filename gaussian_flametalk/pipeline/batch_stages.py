@@ -70,7 +70,7 @@ def stage_figures(stage: str, meta: dict) -> dict[str, Any]:
                 "n_gaussians": f.get("n_gaussians")}
     if stage == PRIOR_STAGE:
         return {"subjects": len(meta.get("subjects", [])), "iterations": meta.get("iterations"),
-                "final_loss": meta.get("final_loss")}
+                "final_loss": meta.get("figures", {}).get("final_train_loss", meta.get("final_loss"))}  # older metas
     if stage == "train-talk":
         t = next(iter(meta.get("test", {}).values()), {})
         return {"talk_lve_mm": t.get("lve_mm"), "talk_baseline_lve_mm": t.get("baseline_lve_mm"),
