@@ -33,6 +33,16 @@ def test_camera_look_at_projects_target_to_centre_and_up_to_top():
     assert torch.allclose(cam.world_to_camera(torch.tensor([0.0, 0, 0])), torch.tensor([0.0, 0, 1.0]))
 
 
+def test_a_resized_camera_sees_the_same_points_at_the_scaled_pixels():
+    cam = Camera.look_at((0.1, 0, 1.0), (0, 0, 0), focal=500, width=256, height=200)
+    small = cam.resized(64, 100)
+    pts = torch.tensor([[0.0, 0, 0], [0.05, -0.1, 0.2], [-0.1, 0.1, 0]])
+    # pixel centres at +0.5: the image edges scale, so pixel coordinates scale by the same factors
+    assert torch.allclose(small.project(pts), cam.project(pts) * torch.tensor([64 / 256, 100 / 200]), atol=1e-4)
+    assert (small.width, small.height, small.near, small.far) == (64, 100, cam.near, cam.far)
+    assert torch.equal(small.viewmat, cam.viewmat) and torch.equal(cam.K[2], small.K[2])
+
+
 def test_matrix_to_quaternion_has_finite_gradients_everywhere():
     q = torch.nn.functional.normalize(torch.randn(500, 4, generator=torch.Generator().manual_seed(0)), dim=-1)
     r = quaternion_to_matrix(q)

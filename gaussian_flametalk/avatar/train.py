@@ -245,10 +245,7 @@ def scaled_camera(camera: Camera, size: int) -> Camera:
     """The camera resized to ``size`` x ``size`` (intrinsics scaled; a square image is assumed)."""
     if camera.width != camera.height:
         raise ValueError(f"avatar training needs square frames, got {camera.width}x{camera.height}")
-    s = size / camera.width
-    K = camera.K.clone()
-    K[:2] *= s
-    return Camera(camera.viewmat, K, size, size, camera.near, camera.far)
+    return camera.resized(size, size)
 
 
 @torch.no_grad()

@@ -72,6 +72,14 @@ class Camera:
             self.far,
         )
 
+    def resized(self, width: int, height: int) -> "Camera":
+        """The same view for the image resized to ``width`` x ``height``: the first row of ``K`` (fx, cx) scaled by
+        ``width / self.width``, the second (fy, cy) by ``height / self.height``."""
+        K = self.K.clone()
+        K[0] *= width / self.width
+        K[1] *= height / self.height
+        return Camera(self.viewmat, K, width, height, self.near, self.far)
+
     def world_to_camera(self, points: torch.Tensor) -> torch.Tensor:
         """(..., 3) world points -> (..., 3) camera-space points."""
         return points @ self.viewmat[:3, :3].T + self.viewmat[:3, 3]
