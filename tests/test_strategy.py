@@ -39,3 +39,13 @@ def test_strategy_follows_the_schedule():
     assert all(c > 0 for c in events.values())  # every Gaussian was hot: cloned (small)
     n = len(g)
     assert not strategy.schedule.collect_gradients(50) and state.count.sum() == 0 and len(g) == n
+
+
+def test_pre_backward_keeps_the_screen_space_gradient():
+    _, _, strategy = _setup()
+    xyz = torch.randn(1, 4, 2, requires_grad=True)
+    means2d = xyz * 2  # not a leaf, as the rasterizer's output
+    strategy.step_pre_backward(SimpleNamespace(means2d=means2d))
+    means2d.sum().backward()
+    assert torch.equal(means2d.grad, torch.ones(1, 4, 2))
+    strategy.step_pre_backward(SimpleNamespace(means2d=torch.zeros(1, 4, 2)))  # no gradient asked: nothing to keep

@@ -1,12 +1,13 @@
 """Adaptive density control as a strategy object, in the manner of gsplat's ``DefaultStrategy``.
 
-The training loop calls :meth:`DefaultStrategy.step_post_backward` after each backward pass (and before the
-optimiser step, when the screen-space gradients of this iteration are still in ``info.means2d.grad``), then
+The training loop calls :meth:`DefaultStrategy.step_pre_backward` before each backward pass (the screen-space means
+keep their gradient), :meth:`DefaultStrategy.step_post_backward` after it (and before the optimiser step, when the
+screen-space gradients of this iteration are still in ``info.means2d.grad``), then
 :meth:`DefaultStrategy.step_post_update` after the step; the strategy decides, from the run's :class:`~.schedule
 .Schedule`, when to accumulate gradients, densify and prune (:func:`~.gaussians.densify_and_prune`) and reset
 opacities (:func:`~.gaussians.reset_opacity`). Its state (the accumulated gradients) is a
 :class:`~.gaussians.DensifyStats`, saved in the checkpoint with the rest. Another strategy (e.g. MCMC-style
-relocation) implements the same two methods.
+relocation) implements the same methods.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ class DefaultStrategy:
 
     def initialize_state(self, gaussians: BoundGaussians) -> DensifyStats:
         return DensifyStats(len(gaussians), gaussians.xyz.device)
+
+    def step_pre_backward(self, info) -> None:
+        """Before the backward pass: keep the gradient of the render's screen-space means ``info.means2d`` (not a
+        leaf), which :meth:`step_post_backward` reads."""
+        if info.means2d.requires_grad:
+            info.means2d.retain_grad()
 
     def step_post_backward(self, state: DensifyStats, info, it: int, width: int, height: int) -> None:
         """Accumulate this iteration's screen-space gradients (iteration index ``it``, 0-based)."""

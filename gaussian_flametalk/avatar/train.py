@@ -456,6 +456,7 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
         if silhouette is not None and cfg.w_alpha > 0:
             loss = loss + cfg.w_alpha * l1(alpha, silhouette, weight)
         optimizer.zero_grad(set_to_none=True)
+        strategy.step_pre_backward(info)
         loss.backward()
         strategy.step_post_backward(stats, info, it, camera.width, camera.height)
         optimizer.step()
