@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from .flame import EMBEDDING_NAMES, MASKS_NAME, FlameModel
 from .flame_format import SHAPE_BLOCK, write_flame_pickle
 from .landmark_embedding import LandmarkEmbedding
@@ -345,7 +346,8 @@ def save_synthetic_flame(folder: str | os.PathLike, seed: int = 0) -> Path:
         "static_lmk_faces_idx": embedding.face_idx[17:], "static_lmk_bary_coords": embedding.bary[17:],
         "full_lmk_faces_idx": embedding.face_idx[None], "full_lmk_bary_coords": embedding.bary[None],
     }
-    np.save(folder / EMBEDDING_NAMES[0], np.array(emb, dtype=object), allow_pickle=True)
-    with open(folder / MASKS_NAME, "wb") as fh:
-        pickle.dump(masks, fh, protocol=2)
+    with atomic_write(folder / EMBEDDING_NAMES[0], ".npy") as tmp:
+        np.save(tmp, np.array(emb, dtype=object), allow_pickle=True)
+    with atomic_write(folder / MASKS_NAME) as tmp:
+        tmp.write_bytes(pickle.dumps(masks, protocol=2))
     return path

@@ -9,7 +9,6 @@ error's message (the traceback is in the log). Stages hold their own output lock
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import socket
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..atomic import write_json
 from ..avatar.train import AvatarConfig, train_avatar
 from ..flametalk.train import TalkConfig, train_talk
 from ..io.meta import read_meta
@@ -168,7 +168,7 @@ def run_stage(task: StageTask) -> StageOutcome:
     with its traceback, in the task's log). A KeyboardInterrupt still stops the run."""
     t0, c0 = time.perf_counter(), _cpu_seconds()
     task.started_file.parent.mkdir(parents=True, exist_ok=True)
-    task.started_file.write_text(json.dumps({"time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}))
+    write_json(task.started_file, {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid()})
     if task.threads:
         import torch
 

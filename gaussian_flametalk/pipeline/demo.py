@@ -31,7 +31,7 @@ from ..avatar.train import AvatarConfig, DensifyOptions, train_avatar
 from ..config import resolve_device, validate
 from ..eval.evaluate import EvalConfig, evaluate
 from ..flametalk.train import TalkConfig, train_talk
-from ..atomic import write_json
+from ..atomic import write_json, write_text
 from ..tracking.track import TrackConfig, track
 from ..demo_subject.subject import DemoSubjectConfig, make_demo_subject, tracking_error
 from .drive import DriveConfig, drive
@@ -143,7 +143,7 @@ def demo(cfg: DemoConfig) -> dict:
 
     summary = summarise(out, stage.seconds, stage.reused)
     write_json(out / "summary.json", summary)
-    (out / "summary.md").write_text(format_summary(summary))
+    write_text(out / "summary.md", format_summary(summary))
     return summary
 
 

@@ -14,13 +14,13 @@ over the same time (from /proc/stat; it includes anything else running) is print
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
+from ..atomic import write_json
 from ..io.media import ffmpeg_exe, probe_video
 from ..pipeline.batch import BatchConfig, batch
 
@@ -87,7 +87,7 @@ def main() -> None:
         seconds[cut.stem] = probe_video(cut).duration
         entries.append({"video": str(cut)})
     manifest = args.out / "manifest.yaml"
-    manifest.write_text(json.dumps({"defaults": {"head_model": args.head_model, **QUICK}, "clips": entries}, indent=1))
+    write_json(manifest, {"defaults": {"head_model": args.head_model, **QUICK}, "clips": entries})
 
     if args.sequential_threads:
         import torch
@@ -117,7 +117,7 @@ def main() -> None:
           f"{total / slots / 3600:.1f} h")
     report = {"runs": runs, "clip_seconds": seconds, "track_s_per_video_s": track_rate,
               "avatar_s_per_clip": avatar_clip}
-    (args.out / f"bench_batch{'_' + args.only if args.only else ''}.json").write_text(json.dumps(report, indent=1))
+    write_json(args.out / f"bench_batch{'_' + args.only if args.only else ''}.json", report)
 
 
 if __name__ == "__main__":
