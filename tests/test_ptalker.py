@@ -15,8 +15,8 @@ import torch
 
 from gaussian_flametalk.flametalk.encoders import load_encoder
 from gaussian_flametalk.headmodel.motion import mouth_opening
-from gaussian_flametalk.flametalk.model import (FlameTalk, FlameTalkArch, FlameTalkSpec, PTalkerArch, StreamingPredictor,
-                                               predict)
+from gaussian_flametalk.flametalk.model import (FlameTalk, FlameTalkArch, FlameTalkSpec, PTalkerArch,
+                                               StreamingPredictor, predict)
 from gaussian_flametalk.flametalk.ptalker import (CausalInstanceNorm, GraphAttentionLayer, IdentityStyleEncoder,
                                                   adversarial_loss, contrastive_loss, gaussian_kl_loss, grad_reverse,
                                                   info_loss, mesh_graph, motion_loss, orthogonality_loss,
@@ -177,7 +177,8 @@ def test_identity_style_of_an_unseen_subject_ignores_the_personal_table():
 def _ptalker_model(head, **kw) -> FlameTalk:
     torch.manual_seed(0)
     model = FlameTalk(FlameTalkSpec(head.motion_dim, 16, head.n_vertices, FlameTalkArch(dim=16, dropout=0.0),
-                                    n_subjects=2, ptalker=PTalkerArch(gat_points=32, style_frames=8, **kw)), head).eval()
+                                    n_subjects=2, ptalker=PTalkerArch(gat_points=32, style_frames=8, **kw)),
+                      head).eval()
     torch.nn.init.normal_(model.motion_out.weight, std=0.1)
     return model
 

@@ -100,12 +100,13 @@ class DemoSubjectConfig:
         self.device = resolve_device(self.device)
 
     @property
-    def size(self) -> int:
+    def video_resolution(self) -> int:
+        """The video's side in pixels: ``resolution``, or its default."""
         return self.resolution or (256 if self.quick else 512)
 
     @property
     def render_scale(self) -> int:
-        return self.supersample or (2 if self.size <= 320 else 1)
+        return self.supersample or (2 if self.video_resolution <= 320 else 1)
 
     @property
     def target_seconds(self) -> float:
@@ -297,8 +298,8 @@ def make_demo_subject(cfg: DemoSubjectConfig) -> dict:
     """Build the demo subject folder (module docstring); a complete folder with the same settings is reused.
 
     Returns paths (dir, video, speech, drive_speech, gt_params, camera, meta), figures (frames, seconds,
-    drive_seconds, size, fps, render_fps, jaw_open_max_rad, blinks, inter_ocular_px), sentences (train: list, drive)
-    and timings in seconds.
+    drive_seconds, resolution, fps, render_fps, jaw_open_max_rad, blinks, inter_ocular_px), sentences (train: list,
+    drive) and timings in seconds.
     """
     out = Path(cfg.out)
     meta_path = out / "meta.json"
@@ -312,8 +313,8 @@ def make_demo_subject(cfg: DemoSubjectConfig) -> dict:
             return _result(out, meta)
     elif out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists, is not empty and is not a demo subject folder; choose another --out")
-    if cfg.size < 64 or cfg.size % 2:
-        raise ValueError(f"resolution must be an even number of pixels >= 64, got {cfg.size}")
+    if cfg.video_resolution < 64 or cfg.video_resolution % 2:
+        raise ValueError(f"resolution must be an even number of pixels >= 64, got {cfg.video_resolution}")
     if cfg.target_seconds <= 0 or cfg.fps <= 0 or cfg.render_scale < 1:
         raise ValueError(f"seconds and fps must be positive and supersample >= 1, got {cfg.target_seconds}, {cfg.fps}, "
                          f"{cfg.render_scale}")
@@ -334,7 +335,7 @@ def make_demo_subject(cfg: DemoSubjectConfig) -> dict:
     t0 = time.perf_counter()
     params = speech_motion(speech, n_frames, cfg.fps, cfg.seed)
     model = make_synthetic_head().to(torch.device(cfg.device))
-    camera = demo_camera(cfg.size)
+    camera = demo_camera(cfg.video_resolution)
     with torch.no_grad():
         lmk = torch.cat([model.forward_landmarks(**params[s : s + FRAME_CHUNK].to(cfg.device).as_kwargs()).cpu()
                          for s in range(0, n_frames, FRAME_CHUNK)])
@@ -362,7 +363,7 @@ def make_demo_subject(cfg: DemoSubjectConfig) -> dict:
     blink = params.expression[:, EXPRESSION_NAMES.index("blink_left")].numpy()
     figures = {
         "frames": n_frames, "seconds": n_frames / cfg.fps, "drive_seconds": len(drive) / SAMPLE_RATE,
-        "size": cfg.size, "fps": cfg.fps, "render_fps": n_frames / timings["render_s"],
+        "resolution": cfg.video_resolution, "fps": cfg.fps, "render_fps": n_frames / timings["render_s"],
         "jaw_open_max_rad": float(params.jaw[:, 0].max()),
         "blinks": int((np.diff((blink > 1.5).astype(int)) > 0).sum()),
         "inter_ocular_px": float(np.median(inter_ocular(landmarks2d))),
@@ -376,8 +377,8 @@ def make_demo_subject(cfg: DemoSubjectConfig) -> dict:
         extra={"settings": _settings(cfg), "head_model": "synthetic",
                "sentences": {"train": used, "drive": DRIVE_SENTENCE}}))
     finish_folder(out)
-    _log(f"wrote {out}: {n_frames} frames ({figures['seconds']:.1f} s) at {cfg.size}x{cfg.size} "
-         f"in {timings['total_s']:.1f} s")
+    side = cfg.video_resolution
+    _log(f"wrote {out}: {n_frames} frames ({figures['seconds']:.1f} s) at {side}x{side} in {timings['total_s']:.1f} s")
     return _result(out, meta)
 
 

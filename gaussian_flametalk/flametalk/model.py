@@ -36,7 +36,8 @@ from ..io.audio import SAMPLE_RATE
 from .encoders import AudioEncoder, frames_for_samples
 
 __all__ = ["ARCH_FIELDS", "FlameTalk", "FlameTalkArch", "FlameTalkSpec", "PTALKER_FIELDS", "PTalkerArch",
-           "StreamingPredictor", "StyleEncoder", "alibi_slopes", "alignment_mask", "biased_causal_mask", "eval_mode", "periodic_positional_encoding",
+           "StreamingPredictor", "StyleEncoder", "alibi_slopes", "alignment_mask", "biased_causal_mask", "eval_mode",
+           "periodic_positional_encoding",
            "predict"]
 
 
