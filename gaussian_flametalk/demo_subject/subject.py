@@ -9,7 +9,8 @@
       gt_params.npz     ground-truth per-frame head parameters (HeadParams fields, synthetic head) and landmarks2d
                         (T, 68, 2): the ground-truth iBUG landmarks projected to video pixels
       camera.json       the camera that rendered the video (same format as a SUBJECT's camera.json)
-      meta.json         stage "demo-subject", config, sentences, figures, timings, versions
+      meta.json         the stage meta schema (stage "demo-subject", config, versions, outputs, timings, figures),
+                        settings, sentences
 
 How it is made:
 
@@ -28,7 +29,6 @@ How it is made:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -45,14 +45,14 @@ from tqdm.auto import tqdm
 
 from ..errors import GftError
 from ..config import config_to_dict, resolve_device, validate
-from ..io.meta import StageMeta, package_versions, write_meta
+from ..io.meta import StageMeta, package_versions, read_meta, write_meta
 from ..io.audio import SAMPLE_RATE, load_audio, save_wav
 from ..geometry.camera import Camera
 from ..headmodel import HeadParams, make_synthetic_head
 from ..headmodel.synthetic import EXPRESSION_NAMES
 from ..tracking.landmarks import inter_ocular
 from ..atomic import finish_folder, save_npz, start_folder
-from ..io.subject import Subject, save_camera
+from ..io.subject import Subject, read_camera, save_camera
 from ..io.media import write_video
 from .face import DemoFaceRenderer
 
@@ -304,7 +304,7 @@ def make_demo_subject(cfg: DemoSubjectConfig) -> dict:
     out = Path(cfg.out)
     meta_path = out / "meta.json"
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+        meta = read_meta(meta_path)
         if meta.get("stage") != "demo-subject":
             raise FileExistsError(f"{out}: exists and is not a demo subject folder (its meta.json is from "
                                   f"{meta.get('stage')!r}); choose another --out")
@@ -407,11 +407,10 @@ def tracking_error(subject_dir: str | os.PathLike, demo_dir: str | os.PathLike) 
         gt_lmk = z["landmarks2d"]
     with np.load(subject.root / "params.npz") as z:
         fitted = z["landmarks2d"]
-    cam = json.loads((demo / "camera.json").read_text())
-    if abs(float(cam["fps"]) - subject.fps) > 1e-6:
+    camera, fps = read_camera(demo / "camera.json")
+    if fps is None or abs(fps - subject.fps) > 1e-6:
         raise ValueError(f"{subject.root} was tracked at {subject.fps:g} fps, the demo subject {demo} is "
-                         f"{cam['fps']:g} fps")
-    camera = Camera(torch.tensor(cam["viewmat"]), torch.tensor(cam["K"]), int(cam["width"]), int(cam["height"]))
+                         f"{format(fps, 'g') if fps is not None else 'of unknown'} fps")
     T = min(len(fitted), len(gt_lmk))
     if abs(len(fitted) - len(gt_lmk)) > 1:
         raise ValueError(f"{subject.root} has {len(fitted)} frames but the demo subject {demo} has {len(gt_lmk)}: "

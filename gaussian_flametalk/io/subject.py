@@ -74,6 +74,19 @@ def save_camera(path: Path, camera: Camera, fps: float) -> None:
     })
 
 
+def read_camera(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+                ) -> tuple[Camera, float | None]:
+    """A ``camera.json`` as :func:`save_camera` writes it: the camera and the frame rate (None if it has none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    c = json.loads(path.read_text())
+    camera = Camera(torch.tensor(c["viewmat"], dtype=dtype, device=device),
+                    torch.tensor(c["K"], dtype=dtype, device=device), int(c["width"]), int(c["height"]),
+                    float(c["near"]), float(c["far"]))
+    return camera, (float(c["fps"]) if c.get("fps") is not None else None)
+
+
 @dataclass
 class Subject:
     """A tracked SUBJECT folder (read-only view)."""
@@ -147,9 +160,7 @@ class Subject:
         path = self.root / "camera.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing from the SUBJECT folder")
-        c = json.loads(path.read_text())
-        return Camera(torch.tensor(c["viewmat"], dtype=dtype, device=device), torch.tensor(c["K"], dtype=dtype, device=device),
-                      int(c["width"]), int(c["height"]), float(c["near"]), float(c["far"]))
+        return read_camera(path, dtype, device)[0]
 
     def head_model(self) -> HeadModel:
         """The head model the subject was tracked with (``meta.json`` keeps its spec and component counts)."""
