@@ -45,14 +45,13 @@ import numpy as np
 import torch
 
 from ..atomic import finish_folder, save_npz, save_png, start_folder, write_json
-from ..avatar.sequence import load_params
 from ..config import config_to_dict, validate
 from ..errors import GftError
 from ..geometry.camera import Camera
 from ..headmodel import HeadModel, HeadParams, load_head_model
 from ..io.audio import SAMPLE_RATE, load_audio, save_wav
 from ..io.meta import StageMeta, package_versions
-from ..io.subject import Subject, SubjectWriter, train_test_split
+from ..io.subject import Subject, SubjectWriter, read_params, train_test_split
 
 __all__ = ["ExportVhapConfig", "ImportVhapConfig", "VhapSequence", "export_vhap", "import_vhap", "read_vhap"]
 
@@ -350,7 +349,7 @@ def export_vhap(cfg: ExportVhapConfig) -> Path:
     subject = Subject.open(cfg.subject)
     model = subject.head_model()
     _flame_format(model, str(subject.root / "meta.json"))
-    params = load_params(cfg.params) if cfg.params is not None else subject.params()
+    params = read_params(cfg.params) if cfg.params is not None else subject.params()
     if params.batch != subject.n_frames:
         raise ValueError(f"{cfg.params}: {params.batch} frames of parameters for a SUBJECT of {subject.n_frames}")
     camera = subject.camera(dtype=torch.float64)

@@ -74,6 +74,20 @@ def save_camera(path: Path, camera: Camera, fps: float) -> None:
     })
 
 
+def read_params(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+                ) -> HeadParams:
+    """HeadParams from an npz with the HeadParams fields (a SUBJECT's or an avatar's ``params.npz``, a drive's
+    parameter sequence); other arrays in it are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: parameter file not found")
+    with np.load(path) as z:
+        missing = [k for k in HeadParams.NAMES if k not in z.files]
+        if missing:
+            raise ValueError(f"{path}: lacks the head parameters {missing}")
+        return HeadParams.from_numpy({k: z[k] for k in HeadParams.NAMES}, dtype=dtype, device=device)
+
+
 def read_camera(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
                 ) -> tuple[Camera, float | None]:
     """A ``camera.json`` as :func:`save_camera` writes it: the camera and the frame rate (None if it has none)."""
@@ -150,11 +164,7 @@ class Subject:
         path = self.root / "params.npz"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing from the SUBJECT folder")
-        with np.load(path) as z:
-            missing = [k for k in HeadParams.NAMES if k not in z.files]
-            if missing:
-                raise ValueError(f"{path}: lacks {missing}")
-            return HeadParams.from_numpy({k: z[k] for k in HeadParams.NAMES}, dtype=dtype, device=device)
+        return read_params(path, dtype, device)
 
     def camera(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Camera:
         path = self.root / "camera.json"

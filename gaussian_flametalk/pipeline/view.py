@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..avatar.sequence import AvatarRenderer, load_params
+from ..avatar.sequence import AvatarRenderer
 from ..avatar.sh import sh_to_color
 from ..avatar.train import check_tracked_with, render_vertices
 from ..config import resolve_device, validate
@@ -38,7 +38,7 @@ from ..errors import GftError
 from ..geometry.camera import Camera
 from ..geometry.rotation import quaternion_to_matrix
 from ..headmodel import IBUG68_PARTS, HeadModel, HeadParams
-from ..io.subject import Subject
+from ..io.subject import Subject, read_params
 
 __all__ = ["AvatarViewer", "ViewConfig", "expression_groups", "main"]
 
@@ -331,7 +331,7 @@ def load_viewer(cfg: ViewConfig) -> AvatarViewer:
     renderer = AvatarRenderer.load(subject, model, avatar_dir, device=cfg.device)
     optimised = avatar_dir / "params.npz"
     seq_path = cfg.params or cfg.drive or (optimised if optimised.is_file() else subject.root / "params.npz")
-    seq = load_params(seq_path)
+    seq = read_params(seq_path)
     check_tracked_with(model, subject, seq)
     if seq.batch == 0:
         raise GftError(f"{seq_path}: no frames")
