@@ -481,6 +481,10 @@ def test_cli_shows_the_ptalker_options():
     cfg = dataclass_from_args(TalkConfig, args)
     assert cfg.ptalker and cfg.pt.stage_switch == 10 and cfg.pt.stage1_frozen == ("audio_encoder", "graph")
     assert cfg.pt.beta_adv == 0.2 and cfg.pt.identity_dropout == 0.5 and cfg.pt.cos_weights == (1.0, 0.5, 0.25)
+    args = parser.parse_args(["train-talk", "A", "B", "--ptalker", "--pt.gat-points", "32", "--pt.gat-layers", "1",
+                              "--pt.style-frames", "8", "--pt.speaker-encoder", "sid"])
+    pt = dataclass_from_args(TalkConfig, args).pt  # the model's fields, as the spec saves them
+    assert pt.arch() == PTalkerArch(style_frames=8, gat_points=32, gat_layers=1, speaker_encoder="sid")
     sub = next(a for a in parser._actions if a.dest == "command").choices["train-talk"]
     text = sub.format_help()
     for flag in ("--ptalker", "--pt.style-frames", "--pt.stage-switch", "--pt.stage1-frozen", "--pt.beta-adv",
