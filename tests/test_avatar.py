@@ -20,7 +20,8 @@ from gaussian_flametalk.avatar.gaussians import (
     load_ply,
     region_triangles,
 )
-from gaussian_flametalk.avatar.sequence import load_params, render_sequence
+from gaussian_flametalk.avatar.sequence import render_sequence
+from gaussian_flametalk.io.subject import read_params
 from gaussian_flametalk.avatar.sh import rgb_to_sh
 from gaussian_flametalk.avatar.train import (
     AvatarConfig,
@@ -147,7 +148,7 @@ def test_train_avatar_stage_outputs_and_render(tmp_path):
     for name in ("checkpoint.pt", "params.npz", "avatar.ply", "background.png", "test_grid.png", "meta.json"):
         assert (out / name).is_file(), name
     assert meta["stage"] == "train-avatar" and math.isfinite(meta["figures"]["test_psnr"])
-    tracked, tuned = load_params(subject / "params.npz"), load_params(out / "params.npz")
+    tracked, tuned = read_params(subject / "params.npz"), read_params(out / "params.npz")
     _, test_idx = train_test_split(20, 25.0)
     assert torch.equal(tuned.expression[test_idx], tracked.expression[test_idx])  # test frames never tuned
     assert len(load_ply(out / "avatar.ply")) == meta["figures"]["n_gaussians"]

@@ -12,7 +12,8 @@ import pytest
 from gaussian_flametalk.io.audio import SAMPLE_RATE, load_audio
 from gaussian_flametalk.headmodel.synthetic import EXPRESSION_NAMES
 from gaussian_flametalk.demo_subject import subject as ds
-from gaussian_flametalk.tracking.landmarks import MediapipeDetector, detect_clip, inter_ocular
+from gaussian_flametalk.headmodel import inter_ocular
+from gaussian_flametalk.tracking.landmarks import MediapipeDetector, detect_clip
 from gaussian_flametalk.tracking.track import TrackConfig, track
 from gaussian_flametalk.io.media import iter_frames, probe_video
 

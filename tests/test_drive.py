@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from gaussian_flametalk.avatar.sequence import load_params, pingpong
+from gaussian_flametalk.avatar.sequence import pingpong
+from gaussian_flametalk.io.subject import read_params
 from gaussian_flametalk.avatar.train import AvatarConfig, DensifyOptions, train_avatar
 from gaussian_flametalk.io.audio import SAMPLE_RATE, load_audio, save_wav
 from gaussian_flametalk.flametalk.model import FlameTalkArch
 from gaussian_flametalk.flametalk.train import TalkConfig, train_talk
-from gaussian_flametalk.pipeline.drive import DriveConfig, blink_components, drive
+from gaussian_flametalk.headmodel import eye_components
+from gaussian_flametalk.pipeline.drive import DriveConfig, drive
 from gaussian_flametalk.scripts.gft import main as gft_main
 from gaussian_flametalk.io.subject import train_test_split
 from gaussian_flametalk.io.media import ffmpeg_exe, iter_frames, probe_video
@@ -66,14 +68,15 @@ def test_drive_any_speech_loops_pose_and_matches_durations(trained_subject, tmp_
     with np.load(out.with_suffix(".npz")) as z:
         assert z["expression"].shape[0] == n and z["motion"].shape[0] == n
         np.testing.assert_array_equal(z["frames"], pingpong(n, N_FRAMES))
-        tuned = load_params(trained_subject / "avatar" / "params.npz")
+        tuned = read_params(trained_subject / "avatar" / "params.npz")
         np.testing.assert_allclose(z["rotation"], tuned.rotation[z["frames"]].numpy(), atol=1e-6)
-        blinks = blink_components(_head(trained_subject))
+        blinks = eye_components(_head(trained_subject))
         assert blinks, "the synthetic head names its blink components"
         np.testing.assert_allclose(z["expression"][:, blinks], tuned.expression[z["frames"]][:, blinks].numpy(),
                                    atol=1e-6)
     saved = json.loads(out.with_suffix(".meta.json").read_text())
-    assert set(saved["seconds"]) >= {"audio_model", "mesh", "render", "encode"} and saved["real_time_factor"] > 0
+    assert set(saved["timings"]) >= {"audio_model", "mesh", "render", "encode"} and saved["figures"]["real_time_factor"] > 0
+    assert saved["format"] and saved["stage"] == "drive" and saved["outputs"][:2] == [str(out), str(out.with_suffix(".npz"))]
 
 
 def _head(subject: Path):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from browser import Browser, find_chromium
-from gaussian_flametalk.avatar.sequence import load_params
+from gaussian_flametalk.io.subject import read_params
 from gaussian_flametalk.avatar.train import AvatarConfig, DensifyOptions, train_avatar
 from gaussian_flametalk.io.subject import Subject
 from gaussian_flametalk.pipeline.view import ViewConfig, expression_groups, load_viewer
@@ -97,7 +97,7 @@ def test_sequence_sources(demo_avatar, tmp_path):
     viewer = load_viewer(ViewConfig(subject=demo_avatar, params=tmp_path / "p.npz", device="cpu"))
     assert viewer.seq.batch == 3 and torch.equal(viewer.seq.expression.cpu(), tracked.expression[:3])
     viewer = load_viewer(ViewConfig(subject=demo_avatar, device="cpu"))  # default: the avatar's optimised sequence
-    assert torch.equal(viewer.seq.jaw.cpu(), load_params(demo_avatar / "avatar" / "params.npz").jaw)
+    assert torch.equal(viewer.seq.jaw.cpu(), read_params(demo_avatar / "avatar" / "params.npz").jaw)
     with pytest.raises(ValueError, match="'expression' has 4 components"):
         np.savez(tmp_path / "bad.npz", **{**tracked[:3].to_numpy(), "expression": np.zeros((3, 4), np.float32)})
         load_viewer(ViewConfig(subject=demo_avatar, drive=tmp_path / "bad.npz", device="cpu"))

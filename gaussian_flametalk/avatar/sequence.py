@@ -20,12 +20,12 @@ import torch
 from ..config import resolve_device, validate
 from ..headmodel import HeadModel, HeadParams
 from ..io.meta import read_meta
-from ..io.subject import Subject
+from ..io.subject import Subject, read_params
 from ..io.training import Checkpoint
 from .composite import CHIN_MARGIN, chin_rows, composite, head_region, torso_cut_rows, torso_keep
 from .gaussians import BoundGaussians
 
-__all__ = ["AvatarRenderer", "RenderAvatarConfig", "load_params", "main", "pingpong", "render_sequence"]
+__all__ = ["AvatarRenderer", "RenderAvatarConfig", "main", "pingpong", "render_sequence"]
 
 
 def pingpong(n_out: int, n_src: int) -> np.ndarray:
@@ -54,7 +54,7 @@ class AvatarRenderer:
 
         from .train import scaled_camera
 
-        self.subject, self.sh_degree, self.size = subject, sh_degree, resolution
+        self.subject, self.sh_degree, self.resolution = subject, sh_degree, resolution
         self.device = torch.device(device)
         self.gaussians = gaussians.to(self.device)
         self.model = model.to(self.device)
@@ -142,7 +142,7 @@ class AvatarRenderer:
         cut = self._source_cut(int(source))
         chin, height = chin_rows(self.model.landmarks(verts), self.camera)
         cut = max(cut, float(chin[0] + CHIN_MARGIN * height[0]))  # a jaw opened wider than the source's stays whole
-        size = (self.size, self.size)
+        size = (self.resolution, self.resolution)
         frame = cv2.resize(self.subject.frame(source), size, interpolation=cv2.INTER_AREA)
         mask = cv2.resize(self.subject.mask(source), size, interpolation=cv2.INTER_AREA)
         region = head_region(mask, cut, self.dilate)
@@ -186,18 +186,6 @@ class AvatarRenderer:
                     yield pending.popleft().result()
         finally:
             torch.set_num_threads(threads)
-
-
-def load_params(path: str | Path, device: torch.device | str = "cpu") -> HeadParams:
-    """HeadParams from an npz with the HeadParams fields (a SUBJECT's or an avatar's params.npz)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: parameter file not found")
-    with np.load(path) as z:
-        missing = [n for n in HeadParams.NAMES if n not in z]
-        if missing:
-            raise ValueError(f"{path}: lacks the head parameters {missing}")
-        return HeadParams.from_numpy({k: z[k] for k in HeadParams.NAMES}, device=device)
 
 
 def render_sequence(
@@ -264,7 +252,7 @@ def main(cfg: RenderAvatarConfig) -> int:
     from ..io.media import write_video
 
     subject = Subject.open(cfg.subject)
-    params = load_params(cfg.params)
+    params = read_params(cfg.params)
     frames = render_sequence(subject, params, cfg.avatar, resolution=cfg.resolution, device=cfg.device,
                              progress=cfg.progress)
     n = write_video(cfg.out, frames, subject.fps, cfg.audio)

@@ -50,7 +50,7 @@ from ..io.audio import SAMPLE_RATE, load_audio, save_wav
 from ..geometry.camera import Camera
 from ..headmodel import HeadParams, make_synthetic_head
 from ..headmodel.synthetic import EXPRESSION_NAMES
-from ..tracking.landmarks import inter_ocular
+from ..headmodel import inter_ocular
 from ..atomic import finish_folder, save_npz, start_folder
 from ..io.subject import Subject, read_camera, save_camera
 from ..io.media import write_video

@@ -45,7 +45,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal
 
-from ..tracking.landmarks import inter_ocular
+from ..headmodel import inter_ocular
 
 __all__ = ["MOUTH", "envelope_sync", "landmark_distance", "mouth_opening", "speech_envelope"]
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..tracking.landmarks import inter_ocular
+from ..headmodel import inter_ocular
 
 NOSE = tuple(range(27, 36))
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 
 from ..registry import Registry
-from .base import IBUG68_PARTS, REGION_NAMES, HeadModel, HeadParams, barycentric_points, vertex_normals
+from .base import (IBUG68_PARTS, REGION_NAMES, HeadModel, HeadParams, barycentric_points, blink_components,
+                   eye_components, eye_openness, inter_ocular, vertex_normals)
 from .flame import FlameModel
 from .synthetic import make_synthetic_head, save_synthetic_flame
 
@@ -22,6 +23,10 @@ __all__ = [
     "HeadModel",
     "HeadParams",
     "barycentric_points",
+    "blink_components",
+    "eye_components",
+    "eye_openness",
+    "inter_ocular",
     "load_head_model",
     "make_synthetic_head",
     "save_synthetic_flame",

@@ -33,6 +33,46 @@ IBUG68_PARTS: dict[str, range] = {
     "lips_inner": range(60, 68),
 }
 
+
+
+def inter_ocular(points68: np.ndarray) -> np.ndarray:
+    """(..., 68, 2) -> (...,) distance between the outer eye corners (iBUG 36 and 45)."""
+    p = np.asarray(points68)
+    return np.linalg.norm(p[..., 36, :] - p[..., 45, :], axis=-1)
+
+
+def eye_openness(points68: torch.Tensor) -> torch.Tensor:
+    """How open each eye is: (..., 68, 2) iBUG points -> (..., 2) (right eye 36-41, left eye 42-47).
+
+    The gap between the upper and lower lid points (37/41 and 38/40, measured across the line through the eye corners
+    36/39, then averaged) over the corner distance: the eye aspect ratio of Soukupova and Cech (2016) measured
+    perpendicular to the eye's axis, ~0.2-0.35 open and ~0.05 closed.
+    """
+    out = []
+    for part in ("eye_right", "eye_left"):
+        i = IBUG68_PARTS[part].start
+        c0, c1 = points68[..., i, :], points68[..., i + 3, :]
+        axis = c1 - c0
+        width = axis.norm(dim=-1).clamp_min(1e-9)
+        normal = torch.stack([-axis[..., 1], axis[..., 0]], dim=-1) / width[..., None]
+        gap = lambda a, b: ((points68[..., a, :] - points68[..., b, :]) * normal).sum(-1).abs()  # noqa: E731
+        out.append(0.5 * (gap(i + 1, i + 5) + gap(i + 2, i + 4)) / width)
+    return torch.stack(out, dim=-1)
+
+
+def blink_components(model: "HeadModel") -> list[int]:
+    """Indices of expression components named as blinks (e.g. ``blink_left``, ``eyeBlink_L``); empty for FLAME."""
+    return [i for i, name in enumerate(model.expression_names) if "blink" in name.lower()]
+
+
+def eye_components(model: "HeadModel") -> list[int]:
+    """Indices of the expression components that move the eyelids and eyes: the blinks and ARKit's ``eye*`` shapes
+    (``eyeSquint_L``, ``eyeWide_R``, ``eyeLookDown_L``, ...). A landmark fit spreads a blink over several of them
+    (on ../shared v1 the deepest blink reads eyeBlink 0.45, eyeSquint 0.38, eyeLookDown 0.3-0.46); empty for FLAME."""
+    return [i for i, name in enumerate(model.expression_names)
+            if "blink" in name.lower() or name.lower().startswith("eye")]
+
+
 #: Names of the vertex regions every model provides.
 REGION_NAMES = ("face", "lips", "eyes", "scalp", "neck")
 #: Mouth-interior regions a model provides where it has the geometry (ICT-FaceKit: teeth, gums, tongue, mouth socket;

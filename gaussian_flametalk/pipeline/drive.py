@@ -1,8 +1,8 @@
 """``gft drive SUBJECT SPEECH --out out.mp4``: the trained avatar speaking any speech.
 
 Expression and jaw come from the subject's FlameTalk (``SUBJECT/talk``); head pose (rotation, neck, eyes,
-translation), identity and blinks (expression components whose name contains "blink", where the head model names
-them) come from the avatar's optimised per-frame sequence (``SUBJECT/avatar/params.npz``), looped forward-backward
+translation), identity and the eyes (blinks and the other eyelid and gaze components, :func:`~..headmodel.eye_components`,
+where the head model names them) come from the avatar's optimised per-frame sequence (``SUBJECT/avatar/params.npz``), looped forward-backward
 when the speech is longer than the video. Frame ``t`` is composited over source frame ``t`` of the same loop.
 
 The video has ``ceil(duration * fps)`` frames; the speech is padded with silence to exactly that length, so picture
@@ -36,19 +36,19 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..avatar.sequence import AvatarRenderer, load_params, pingpong
+from ..avatar.sequence import AvatarRenderer, pingpong
 from ..config import config_to_dict, resolve_device, validate
-from ..io.meta import package_versions
+from ..io.meta import StageMeta, package_versions, write_meta
 from ..io.audio import SAMPLE_RATE, load_audio, save_wav
 from ..headmodel.motion import motion_to_kwargs
 from ..flametalk.inference import load_talk
-from ..headmodel import HeadModel, HeadParams
-from ..atomic import ensure_writable, save_npz, write_json
+from ..headmodel import HeadModel, HeadParams, eye_components
+from ..atomic import ensure_writable, save_npz
 from ..io.lock import stage_lock
-from ..io.subject import Subject
+from ..io.subject import Subject, read_params
 from ..io.media import CropBox, iter_frames, write_video
 
-__all__ = ["DriveConfig", "FullFrames", "blink_components", "drive", "drive_params", "main", "source_video"]
+__all__ = ["DriveConfig", "FullFrames", "drive", "drive_params", "main", "source_video"]
 
 
 @dataclass
@@ -81,11 +81,6 @@ class DriveConfig:
         self.device = resolve_device(self.device)
 
 
-def blink_components(model: HeadModel) -> list[int]:
-    """Indices of expression components named as blinks (e.g. ``blink_left``, ``eyeBlink_L``); empty for FLAME."""
-    return [i for i, name in enumerate(model.expression_names) if "blink" in name.lower()]
-
-
 #: a generous bound of H.264's output size relative to raw RGB at the encoder settings of write_video (measured: 0.2 %
 #: for v2's 1080x1920 full frames, 0.6 % for v1's 256 px crops), for the free-space check before rendering
 ENCODED_BYTES_PER_RAW_BYTE = 0.02
@@ -98,17 +93,17 @@ def drive_params(sequence: HeadParams, motion: dict[str, torch.Tensor], source: 
     Args:
         sequence: the subject's optimised sequence (N frames).
         motion: FlameTalk output, ``expression`` (T, E) and ``jaw`` (T, 3).
-        source: (T,) frame of ``sequence`` that gives each output frame its pose, identity and blinks.
+        source: (T,) frame of ``sequence`` that gives each output frame its pose, identity and eyes.
     Returns:
-        T frames: FlameTalk's expression (blink components from the sequence) and jaw; everything else from the
+        T frames: FlameTalk's expression (the eye components from the sequence) and jaw; everything else from the
         sequence.
     """
     idx = torch.as_tensor(source, dtype=torch.long)
     out = sequence[idx]
     expression = motion["expression"].to(out.expression).clone()
-    blinks = blink_components(model)
-    if blinks:
-        expression[:, blinks] = out.expression[:, blinks]
+    eyes = eye_components(model)
+    if eyes:
+        expression[:, eyes] = out.expression[:, eyes]
     out.expression = expression
     if "jaw" in model.pose_parts:
         out.jaw = motion["jaw"].to(out.jaw)
@@ -269,7 +264,7 @@ def _drive(cfg: DriveConfig, subject: Subject, avatar_dir: Path, talk_dir: Path,
     sequence_path = avatar_dir / "params.npz"
     if not sequence_path.is_file():
         sequence_path = subject.root / "params.npz"
-    sequence = load_params(sequence_path)
+    sequence = read_params(sequence_path)
     if sequence.batch != subject.n_frames:
         raise ValueError(f"{sequence_path}: {sequence.batch} frames, the SUBJECT has {subject.n_frames}")
     source = test_frames[:n_frames] if test_frames is not None else pingpong(n_frames, subject.n_frames)
@@ -298,7 +293,7 @@ def _drive(cfg: DriveConfig, subject: Subject, avatar_dir: Path, talk_dir: Path,
                          "nothing to paste into (pass --no-full-frame)")
     full = FullFrames(found[0], fps, found[2]) if full_frame else None
     h, w = ((int(found[1].get("height", 0)), int(found[1].get("width", 0))) if full is not None
-            else (renderer.size, renderer.size))
+            else (renderer.resolution, renderer.resolution))
     copies = 2 if test_frames is not None else 1  # the self-reenactment's reference video beside it
     ensure_writable(out.parent, int(copies * n_frames * h * w * 3 * ENCODED_BYTES_PER_RAW_BYTE))
     # out.meta.json marks a finished drive: from the first write on, a run in progress (or one that fails) must not
@@ -329,7 +324,7 @@ def _drive(cfg: DriveConfig, subject: Subject, avatar_dir: Path, talk_dir: Path,
         if test_frames is not None:
             import cv2
 
-            size = (renderer.size, renderer.size)
+            size = (renderer.resolution, renderer.resolution)
             reference = stem.with_name(f"{stem.name}.reference.mp4")
             real = ((full.frame(int(i)) for i in source) if full is not None else
                     (cv2.resize(subject.frame(int(i)), size, interpolation=cv2.INTER_AREA) for i in source))
@@ -340,37 +335,29 @@ def _drive(cfg: DriveConfig, subject: Subject, avatar_dir: Path, talk_dir: Path,
     npz = stem.with_name(f"{stem.name}.npz")
     save_npz(npz, **params.to_numpy(), motion=motion, frames=source, fps=fps)
     model_seconds = timings["audio_model"] + timings["mesh"] + timings["render"] + timings["encode"]
-    meta = {
-        "stage": "drive",
-        "config": config_to_dict(cfg),
-        "versions": package_versions(),
-        "subject": str(subject.root),
-        "speech": str(cfg.speech) if cfg.speech is not None else f"{subject.audio_path} (test split)",
-        "self_reenact": cfg.self_reenact,
-        "outputs": {"video": str(out), "params": str(npz), "reference": str(reference) if reference else None},
-        "fps": fps,
-        "frames": int(written),
-        "speech_seconds": duration,
-        "resolution": renderer.size,
-        "full_frame": full_frame,
-        "frame_size": list(full.shape[::-1]) if full is not None and full.shape else [renderer.size, renderer.size],
-        "device": str(renderer.device),
-        "seconds": {**timings, "total": time.perf_counter() - t_start},
-        "real_time_factor": duration / max(model_seconds, 1e-9),
-    }
-    write_json(meta_path, meta)
-    return meta
+    size = list(full.shape[::-1]) if full is not None and full.shape else [renderer.resolution] * 2
+    meta = StageMeta(
+        "drive", config_to_dict(cfg), package_versions(),
+        inputs={"subject": str(subject.root),
+                "speech": str(cfg.speech) if cfg.speech is not None else f"{subject.audio_path} (test split)"},
+        outputs=[str(out), str(npz)] + ([str(reference)] if reference else []),
+        timings={**timings, "total": time.perf_counter() - t_start},
+        figures={"real_time_factor": duration / max(model_seconds, 1e-9), "speech_seconds": duration},
+        extra={"self_reenact": cfg.self_reenact, "fps": fps, "frames": int(written), "resolution": renderer.resolution,
+               "full_frame": full_frame, "frame_size": size, "device": str(renderer.device),
+               "reference": str(reference) if reference else None},
+    )
+    return write_meta(meta_path, meta)
 
 
 def main(cfg: DriveConfig) -> int:
     meta = drive(cfg)
-    s = meta["seconds"]
+    s, fig = meta["timings"], meta["figures"]
     w, h = meta["frame_size"]
-    print(f"wrote {meta['outputs']['video']} ({meta['frames']} frames of {w}x{h}, {meta['speech_seconds']:.2f} s of "
-          "speech)")
-    if meta["outputs"]["reference"]:
-        print(f"real test frames with the same sound: {meta['outputs']['reference']}")
+    print(f"wrote {meta['outputs'][0]} ({meta['frames']} frames of {w}x{h}, {fig['speech_seconds']:.2f} s of speech)")
+    if meta["reference"]:
+        print(f"real test frames with the same sound: {meta['reference']}")
     print(f"audio model {s['audio_model']:.2f} s, mesh {s['mesh']:.2f} s, render {s['render']:.2f} s, "
-          f"encode {s['encode']:.2f} s: {meta['real_time_factor']:.2f}x real time at {meta['resolution']} px "
+          f"encode {s['encode']:.2f} s: {fig['real_time_factor']:.2f}x real time at {meta['resolution']} px "
           f"on {meta['device']}")
     return 0

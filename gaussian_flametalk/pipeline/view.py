@@ -119,7 +119,7 @@ class AvatarViewer:
         self.subject, self.r = subject, renderer
         self.model: HeadModel = renderer.model
         self.seq = sequence.to(renderer.device)
-        self.render_height = render_height or renderer.size
+        self.render_height = render_height or renderer.resolution
         self.current = self.seq[0:1]
         self.lock = threading.RLock()
         self._syncing = False

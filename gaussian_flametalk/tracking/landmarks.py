@@ -59,7 +59,6 @@ __all__ = [
     "NoFaceError",
     "check_faces",
     "detect_clip",
-    "inter_ocular",
     "interpolate_missing",
     "make_detector",
     "mediapipe_to_ibug68",
@@ -544,10 +543,3 @@ def interpolate_missing(clip: ClipLandmarks, fill_confidence: float = 0.0) -> Cl
     return ClipLandmarks(points68=points, dense=dense, confidence=conf, found=found.copy(), n_faces=clip.n_faces.copy(),
                          image_size=clip.image_size, detector=clip.detector, seconds=clip.seconds,
                          meta={**clip.meta, "interpolated_frames": int((~found).sum())})
-
-
-def inter_ocular(points68: np.ndarray) -> np.ndarray:
-    """(..., 68, 2) -> (...,) distance between the outer eye corners (iBUG 36 and 45)."""
-    p = np.asarray(points68)
-    return np.linalg.norm(p[..., 36, :] - p[..., 45, :], axis=-1)
-

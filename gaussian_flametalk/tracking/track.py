@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import config_to_dict, resolve_device, validate
-from ..headmodel import HeadModel, load_head_model
+from ..headmodel import HeadModel, inter_ocular, load_head_model
 from ..atomic import partial_folder, write_json
 from ..io.media import VideoError, VideoInfo, extract_audio, iter_frames, probe_video, write_video
 from ..io.lock import stage_lock
@@ -31,7 +31,7 @@ from ..io.meta import StageMeta, package_versions
 from ..io.subject import SubjectWriter
 from .crop import find_crop
 from .fit import FitConfig, LandmarkFit, fit_landmarks
-from .landmarks import ClipLandmarks, check_faces, detect_clip, inter_ocular, interpolate_missing, make_detector
+from .landmarks import ClipLandmarks, check_faces, detect_clip, interpolate_missing, make_detector
 from .masks import ForegroundSegmenter
 from .overlay import draw_overlay, mesh_edges
 
