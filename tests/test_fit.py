@@ -90,3 +90,58 @@ def test_bad_inputs_fail_clearly():
         fit_landmarks(model, torch.zeros(3, 51, 2, dtype=D), torch.ones(3, 51, dtype=D), SIZE, SIZE)
     with pytest.raises(ValueError, match="nothing to fit"):
         fit_landmarks(model, torch.zeros(3, 68, 2, dtype=D), torch.zeros(3, 68, dtype=D), SIZE, SIZE)
+
+
+def test_eyelids_are_rescaled_to_the_model_travel_relative_to_the_open_eye():
+    from gaussian_flametalk.headmodel import eye_openness
+    from gaussian_flametalk.tracking.fit import DETECTED_CLOSED_EYE, rescale_eyelids
+
+    n = 20
+    pts = torch.zeros(n, 68, 2, dtype=D)
+    opening = torch.full((n,), 0.23, dtype=D)
+    opening[5] = DETECTED_CLOSED_EYE  # a blink
+    opening[6] = 0.14  # half way
+    for start, x0 in ((36, 100.0), (42, 160.0)):  # eye corners 40 px apart, lids symmetric about the axis
+        pts[:, start] = torch.tensor([x0, 120.0], dtype=D)
+        pts[:, start + 3] = torch.tensor([x0 + 40, 120.0], dtype=D)
+        for up, low, x in ((1, 5, 13.0), (2, 4, 27.0)):
+            pts[:, start + up, 0] = pts[:, start + low, 0] = x0 + x
+            pts[:, start + up, 1] = 120.0 - 20 * opening
+            pts[:, start + low, 1] = 120.0 + 20 * opening
+    out = rescale_eyelids(pts, torch.ones(n, dtype=torch.bool), model_open=0.32, model_closed=0.04)
+    got = eye_openness(out)
+    assert torch.allclose(got[0], torch.tensor([0.32, 0.32], dtype=D), atol=1e-6)  # the clip's open eye: the model's
+    assert torch.allclose(got[5], torch.tensor([0.04, 0.04], dtype=D), atol=1e-6)  # a closed eye: the model's closed
+    frac = (0.14 - DETECTED_CLOSED_EYE) / (0.23 - DETECTED_CLOSED_EYE)
+    assert torch.allclose(got[6], torch.full((2,), 0.04 + frac * 0.28, dtype=D), atol=1e-6)
+    corners = [36, 39, 42, 45]
+    assert torch.equal(out[:, corners], pts[:, corners])  # corners and everything but the lids stay
+    others = [i for i in range(68) if i not in range(36, 48)]
+    assert torch.equal(out[:, others], pts[:, others])
+
+
+def test_landmark_offsets_take_a_constant_embedding_mismatch():
+    """Detections whose brows, nose and eyes sit a constant ~3 mm from the model's landmarks (a detector and a
+    landmark embedding that disagree): with --landmark-offsets the mesh itself stays nearer the truth."""
+    from gaussian_flametalk.tracking.fit import OFFSET_LANDMARKS
+
+    model = make_synthetic_head(dtype=D)
+    n = 60
+    truth = _sequence(model, n, seed=2)
+    planted = torch.zeros(68, 3, dtype=D)
+    idx = list(OFFSET_LANDMARKS)
+    planted[idx, :2] = torch.randn(len(idx), 2, generator=torch.Generator().manual_seed(4), dtype=D) * 0.003
+    rot = axis_angle_to_matrix(truth["rotation"])  # the offsets turn with the head
+    seen = project(model.forward_landmarks(**truth) + torch.einsum("tij,kj->tki", rot, planted),
+                   torch.tensor(F_TRUE, dtype=D), SIZE, SIZE, DIST)
+    clean = project(model.forward_landmarks(**truth), torch.tensor(F_TRUE, dtype=D), SIZE, SIZE, DIST)
+    err = {}
+    for on in (True, False):
+        cfg = FitConfig(focal_init=F_TRUE, optimize_focal=False, camera_distance=DIST, landmark_offsets=on)
+        p = fit_landmarks(model, seen, torch.ones(n, 68, dtype=D), SIZE, SIZE, cfg, progress=False).params
+        mesh = project(model.forward_landmarks(**{k: getattr(p, k) for k in ("shape", "expression", "jaw", "neck",
+                                                                             "rotation", "translation")}),
+                       torch.tensor(F_TRUE, dtype=D), SIZE, SIZE, DIST)
+        err[on] = float((mesh - clean).norm(dim=-1).mean())
+    print(f"\nmesh landmark error vs the truth: {err[True]:.3f} px with the offsets, {err[False]:.3f} px without")
+    assert err[True] < 0.8 * err[False]

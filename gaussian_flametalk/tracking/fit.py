@@ -43,10 +43,22 @@ import torch
 from tqdm.auto import tqdm
 
 from ..geometry.camera import Camera, intrinsics
-from ..headmodel.base import POSE_DIMS, HeadModel, HeadParams
+from ..geometry.rotation import axis_angle_to_matrix
+from ..headmodel.base import IBUG68_PARTS, POSE_DIMS, HeadModel, HeadParams, blink_components, eye_openness
 
 #: iBUG points that expressions barely move (upper contour, nose, eye corners): the rigid stage fits only these.
 RIGID_LANDMARKS = (0, 1, 2, 14, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)
+
+#: iBUG points (brows, nose, eyes) that get a per-clip offset in head coordinates with ``--landmark-offsets``: where
+#: a detector puts them and where the head model's landmark embedding puts them differ by a constant that the fit
+#: otherwise explains with constant expressions (../shared v1 with ICT-FaceKit: cheekPuff, noseSneer and eyeLookUp at
+#: 1.0, eyeWide at 0.6-0.8 in every frame, the fitted eye 15 % narrower than the detected one). Not the contour and
+#: lips: a talking clip's mean mouth is open, and an offset there would become its closed mouth.
+OFFSET_LANDMARKS = tuple(range(IBUG68_PARTS["brow_right"].start, IBUG68_PARTS["eye_left"].stop))
+
+#: :func:`~gaussian_flametalk.headmodel.eye_openness` of a detector's closed eye (mediapipe on ../shared v1: 0.04-0.07
+#: at the deepest blink; a head model's lid points meet closer, ICT-FaceKit's at 0.04)
+DETECTED_CLOSED_EYE = 0.05
 
 
 @dataclass
@@ -66,6 +78,9 @@ class FitConfig:
     w_focal: float = field(default=1e-6, metadata={"min": 0, "help": "prior weight on log(focal / focal_init)"})
     w_smooth_rigid: float = field(default=0.5, metadata={"min": 0, "help": "weight of the acceleration of the rigidly moving head's 3D landmarks (IODs per frame^2)"})
     w_smooth_motion: float = field(default=0.05, metadata={"min": 0, "help": "weight of the acceleration of the non-rigid 3D landmark motion (IODs per frame^2)"})
+    landmark_offsets: bool = field(default=False, metadata={"help": "fit per-clip offsets of the brow, nose and eye landmarks from the model's embedding (on ../shared v1 they take the constant eye and nose components out of the expressions, but cost 0.4-0.9 dB of avatar test PSNR)"})
+    w_landmark_offset: float = field(default=1e-4, metadata={"min": 0, "help": "with --landmark-offsets: prior weight on the offsets (IODs)"})
+    eyelid_travel: bool = field(default=True, metadata={"help": "re-scale the detected eyelids to the head model's lid travel, relative to the clip's open eyes (models with blink components)"})
 
 
 @dataclass
@@ -107,6 +122,52 @@ def project(points: torch.Tensor, focal: torch.Tensor, width: int, height: int, 
 def _eye_centre_distance(points68: torch.Tensor) -> torch.Tensor:
     """(..., 68, D) -> (...,) distance between the eye centres (the fitter's internal length unit, "IOD" below)."""
     return (points68[..., 36:42, :].mean(-2) - points68[..., 42:48, :].mean(-2)).norm(dim=-1)
+
+
+def model_eye_openness(model: HeadModel) -> tuple[float, float] | None:
+    """:func:`eye_openness` of the neutral template's landmarks (front view) with the blink components at 0 and at 1,
+    averaged over the eyes; None for a model without blink components (FLAME)."""
+    blinks = blink_components(model)
+    if not blinks:
+        return None
+    p = next(model.parameters(), None)
+    dt, dev = (p.dtype, p.device) if p is not None else (torch.float32, "cpu")
+    expr = torch.zeros(2, model.n_expression, dtype=dt, device=dev)
+    expr[1, blinks] = 1.0
+    with torch.no_grad():
+        lmk = model.forward_landmarks(shape=torch.zeros(2, model.n_shape, dtype=dt, device=dev), expression=expr)
+    opened, closed = eye_openness(lmk[..., :2]).mean(-1).tolist()
+    return opened, closed
+
+
+def rescale_eyelids(points: torch.Tensor, observed: torch.Tensor, model_open: float, model_closed: float,
+                    detected_closed: float = DETECTED_CLOSED_EYE) -> torch.Tensor:
+    """Detected iBUG points (T, 68, 2) with each eye's lid points moved across the eye's axis so that its openness
+    maps the clip's open eye (the median over the ``observed`` (T,) frames) to ``model_open`` and a closed eye
+    (``detected_closed``) to ``model_closed``, linearly in between: a detector's and a head model's lid points need not
+    open equally far (mediapipe on v1: 0.23 open, 0.05 closed; ICT-FaceKit's template 0.32 and 0.04), and the fit
+    then reads a blink as a partial one. The corners and each lid pair's mid-points stay where they were detected."""
+    out = points.clone()
+    opening = eye_openness(points)  # (T, 2)
+    for e, part in enumerate(("eye_right", "eye_left")):
+        i = IBUG68_PARTS[part].start
+        base = float(opening[observed, e].median()) if observed.any() else model_open
+        if base <= detected_closed + 1e-3:
+            continue  # no open eye to calibrate against (closed or squinting throughout)
+        frac = ((opening[:, e] - detected_closed) / (base - detected_closed)).clamp(0.0, 1.5)
+        target = model_closed + frac * (model_open - model_closed)  # (T,)
+        c0, c1 = points[:, i], points[:, i + 3]
+        axis = c1 - c0
+        width = axis.norm(dim=-1).clamp_min(1e-9)
+        normal = torch.stack([-axis[:, 1], axis[:, 0]], dim=-1) / width[:, None]
+        for up, low in ((i + 1, i + 5), (i + 2, i + 4)):
+            du, dl = ((points[:, up] - c0) * normal).sum(-1), ((points[:, low] - c0) * normal).sum(-1)
+            mid, gap = 0.5 * (du + dl), du - dl
+            sign = torch.where(gap >= 0, 1.0, -1.0).to(gap)
+            new_gap = sign * target * width
+            out[:, up] = points[:, up] + (mid + 0.5 * new_gap - du)[:, None] * normal
+            out[:, low] = points[:, low] + (mid - 0.5 * new_gap - dl)[:, None] * normal
+    return out
 
 
 def _pseudo_huber(r2: torch.Tensor, s: float) -> torch.Tensor:
@@ -151,7 +212,10 @@ class _Problem:
             "expression": torch.full((T, model.n_expression), expr0, dtype=dt, device=dev),
             # translation is solved for in inter-ocular units, so all unknowns have similar scales
             "translation_iod": self._init_translation(template_lmk, observed) / self.iod_model,
+            # per-clip offsets of OFFSET_LANDMARKS in head coordinates (IODs), flat: one prior term per coordinate
+            "landmark_offset": torch.zeros(1, 3 * len(OFFSET_LANDMARKS), dtype=dt, device=dev),
         }
+        self.offset_index = torch.as_tensor(OFFSET_LANDMARKS, device=dev)
         for name in ("rotation", "neck", "jaw"):
             if name in model.pose_parts:
                 self.values[name] = torch.zeros(T, POSE_DIMS[name], dtype=dt, device=dev)
@@ -190,20 +254,26 @@ class _Problem:
             eyes=zeros(6), translation=v["translation_iod"] * self.iod_model,
         )
 
-    def landmarks3d(self, params: HeadParams, rigid_only: bool = False, local_only: bool = False) -> torch.Tensor:
-        """(T, 68, 3) landmarks of ``params``; ``rigid_only`` drops expression and jaw (the rigidly moving head),
-        ``local_only`` drops rotation, neck and translation (the non-rigid motion in head coordinates)."""
+    def landmarks3d(self, params: HeadParams, offset: torch.Tensor, rigid_only: bool = False,
+                    local_only: bool = False) -> torch.Tensor:
+        """(T, 68, 3) landmarks of ``params`` with the per-clip ``offset`` (1, 3 K) of OFFSET_LANDMARKS (IODs, turned
+        with the head); ``rigid_only`` drops expression and jaw (the rigidly moving head), ``local_only`` drops
+        rotation, neck and translation (the non-rigid motion in head coordinates)."""
         kw = {k: v for k, v in params.as_kwargs().items() if k in ("shape", "expression", "translation") or k in self.model.pose_parts}
         drop = ("expression", "jaw") if rigid_only else ("rotation", "neck", "translation") if local_only else ()
         for k in drop:
             if k in kw:
                 kw[k] = torch.zeros_like(kw[k])
-        return self.model.forward_landmarks(**kw)
+        lmk = self.model.forward_landmarks(**kw)
+        shift = offset.reshape(-1, 3) * self.iod_model  # (K, 3)
+        shift = torch.einsum("tij,kj->tki", axis_angle_to_matrix(kw["rotation"]), shift) if "rotation" in kw \
+            else shift.expand(lmk.shape[0], -1, -1)
+        return lmk.index_add(1, self.offset_index, shift)
 
     def residuals(self, v: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """(T, K, 2) reprojection residuals of the masked landmarks, in inter-ocular distances."""
-        pred = project(self.landmarks3d(self.params(v))[:, mask], v["log_focal"].exp(), self.width, self.height,
-                       self.cfg.camera_distance)
+        pred = project(self.landmarks3d(self.params(v), v["landmark_offset"])[:, mask], v["log_focal"].exp(),
+                       self.width, self.height, self.cfg.camera_distance)
         return (pred - self.target[:, mask]) / self.iod_px
 
     def data_weight(self, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,6 +287,7 @@ class _Problem:
         out = [("shape", self.cfg.w_shape, 0.0), ("log_focal", self.cfg.w_focal, math.log(self.focal_init))]
         if stage != "rigid":
             out.append(("expression", self.cfg.w_expression, 0.0))
+            out.append(("landmark_offset", self.cfg.w_landmark_offset, 0.0))
             out += [(n, self.cfg.w_jaw_neck, 0.0) for n in ("jaw", "neck") if n in self.values]
         return out
 
@@ -233,16 +304,17 @@ class _Problem:
             if b is not None:  # keep the raw values near the feasible box so clamping does not stall them
                 loss = loss + (v["expression"] - v["expression"].clamp(*b)).square().sum(1).mean()
             p = self.params(v)
-            loss = loss + cfg.w_smooth_rigid * _accel(self.landmarks3d(p, rigid_only=True) / self.iod_model)
-            loss = loss + cfg.w_smooth_motion * _accel(self.landmarks3d(p, local_only=True) / self.iod_model)
+            o = v["landmark_offset"]
+            loss = loss + cfg.w_smooth_rigid * _accel(self.landmarks3d(p, o, rigid_only=True) / self.iod_model)
+            loss = loss + cfg.w_smooth_motion * _accel(self.landmarks3d(p, o, local_only=True) / self.iod_model)
         return loss
 
     def reprojection(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected landmarks (T,68,2) and mean weighted error per frame in pixels (T,)."""
         v = self.values
         with torch.no_grad():
-            pred = project(self.landmarks3d(self.params(v)), v["log_focal"].exp(), self.width, self.height,
-                           self.cfg.camera_distance)
+            pred = project(self.landmarks3d(self.params(v), v["landmark_offset"]), v["log_focal"].exp(), self.width,
+                           self.height, self.cfg.camera_distance)
             err = (pred - self.target).norm(dim=-1)
             per_frame = (self.weight * err).sum(1) / self.weight.sum(1)
         return pred, per_frame
@@ -417,14 +489,19 @@ def fit_landmarks(
     if weight.sum() <= 0:
         raise ValueError("no landmark has positive confidence: nothing to fit")
     target = torch.where(confidence[..., None] > 0, landmarks, torch.zeros_like(landmarks))
+    lids = model_eye_openness(model) if cfg.eyelid_travel else None
+    if lids is not None:
+        target = rescale_eyelids(target, weight.sum(1) > 0, *lids)
     problem = _Problem(model, target, weight, width, height, cfg)
     losses = {
         "rigid": _solve_lm(problem, "rigid", ["shape"] + (["log_focal"] if cfg.optimize_focal else []), cfg.rigid_iters, progress),
     }
     _fill_unobserved(problem)
-    losses["full"] = _solve_lm(problem, "full", ["shape"], cfg.full_iters, progress)
+    shared = ["shape"] + (["landmark_offset"] if cfg.landmark_offsets else [])  # else the offsets stay zero
+    losses["full"] = _solve_lm(problem, "full", shared, cfg.full_iters, progress)
     _fill_unobserved(problem)
-    losses["smooth"] = _solve_lbfgs(problem, "smooth", ["shape"] + problem.frame_parts("smooth"), cfg.smooth_iters, progress)
+    losses["smooth"] = _solve_lbfgs(problem, "smooth", shared + problem.frame_parts("smooth"), cfg.smooth_iters,
+                                    progress)
     pred, err = problem.reprojection()
     params = HeadParams(**{k: t.detach().clone() for k, t in problem.params(problem.values).as_kwargs().items()})
     camera = clip_camera(problem.values["log_focal"].exp(), width, height, cfg.camera_distance,
