@@ -9,6 +9,7 @@ import types
 import numpy as np
 import pytest
 
+from gaussian_flametalk.headmodel import inter_ocular
 from gaussian_flametalk.io.media import CropBox
 from gaussian_flametalk.tracking.crop import CropMargin, crop_from_detections, find_crop
 from gaussian_flametalk.tracking.landmarks import (
@@ -20,7 +21,6 @@ from gaussian_flametalk.tracking.landmarks import (
     NoFaceError,
     check_faces,
     detect_clip,
-    inter_ocular,
     interpolate_missing,
     make_detector,
 )
