@@ -69,8 +69,8 @@ def test_real_clip_v1_end_to_end(shared_dir, tmp_path):
 
 def _check_eyes(subject: Subject) -> None:
     """The tracked mesh closes its eyes where the person blinks: mediapipe's and ICT-FaceKit's lid points do not open
-    equally far, which the fit's eyelid re-scaling corrects (before it, v1's mesh kept 30 % of its median eye opening
-    at the deepest blink, where the person's detected eyes keep 19 %; with it, 19 %)."""
+    equally far, which the fit's eye stage corrects (before it, v1's mesh kept 30 % of its median eye opening at the
+    deepest blink, where the person's detected eyes keep 19 %; with it, 18 %)."""
     model = subject.head_model()
     with np.load(subject.root / "landmarks.npz") as z:
         detected = torch.from_numpy(z["points68"]).float()
