@@ -84,3 +84,67 @@ def _check_eyes(subject: Subject) -> None:
     print(f"eyes: deepest blink at frame {blink} (detected openness {float(seen[blink] / seen.median()):.2f} of the "
           f"median), the mesh keeps {kept:.2f}")
     assert kept <= 0.25
+
+
+def test_portrait_clip_keeps_the_head_inside_the_crop(shared_dir, tmp_path):
+    """v2 (portrait, 1080x1920 HEVC), first 4 s: tracked with a square crop; the fitted landmarks stay well inside."""
+    clip = tmp_path / "v2_4s.mp4"
+    _ffmpeg("-i", str(shared_dir / "data/videos/v2_latentsync_demo2_man_20s.mp4"), "-t", "4", "-c", "copy", str(clip))
+    out = tmp_path / "v2"
+    track(_cfg(clip, out, shared_dir, overlay=False))
+    subject = Subject.open(out)
+    with np.load(out / "landmarks.npz") as z:
+        pts = z["points68"]
+    assert subject.video["height"] > subject.video["width"]  # portrait source
+    brow_to_chin = pts[:, 8, 1] - pts[:, 17:27, 1].min(1)
+    head_top = pts[:, 17:27, 1].min(1) - 0.5 * brow_to_chin  # the skull rises about half a face above the brows
+    assert (head_top > 0).all() and (pts[..., 1] < 512).all() and (pts[..., 0] > 0).all() and (pts[..., 0] < 512).all()
+    assert _report(subject)["error_iod_pct"] <= 3.0
+
+
+def test_rerun_is_a_no_op_and_force_redoes(tmp_path, shared_dir):
+    clip = tmp_path / "v4_2s.mp4"
+    _ffmpeg("-i", str(shared_dir / "data/videos/v4_trump_oval_office_10s.mp4"), "-t", "2", "-c", "copy", str(clip))
+    out = tmp_path / "s"
+    track(_cfg(clip, out, shared_dir, overlay=False))
+    stamp = (out / "meta.json").stat().st_mtime_ns
+    track(_cfg(clip, out, shared_dir, overlay=False))
+    assert (out / "meta.json").stat().st_mtime_ns == stamp
+    track(_cfg(clip, out, shared_dir, overlay=False, force=True))
+    assert (out / "meta.json").stat().st_mtime_ns != stamp
+    assert not out.with_name("s.partial").exists()
+
+
+def test_bad_inputs_fail_early_and_leave_no_finished_subject(tmp_path):
+    out = tmp_path / "subject"
+    with pytest.raises(FileNotFoundError, match="nowhere.mp4"):
+        track(_cfg(tmp_path / "nowhere.mp4", out))
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video")
+    with pytest.raises(VideoError, match="notes.mp4"):
+        track(_cfg(text, out))
+    noface = tmp_path / "pattern.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=2", "-pix_fmt", "yuv420p", str(noface))
+    with pytest.raises(NoFaceError, match="pattern.mp4"):
+        track(_cfg(noface, out))
+    assert not (out / "meta.json").exists()
+
+
+def test_two_faces_are_refused(tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    face = skimage_data.astronaut()[:300, 60:360]  # the astronaut's head and shoulders
+    frame = np.concatenate([face, face], axis=1)  # two people side by side
+    clip = tmp_path / "two.mp4"
+    write_video(clip, [frame] * 30, 25.0)
+    with pytest.raises(MultipleFacesError, match="two.mp4"):
+        track(_cfg(clip, tmp_path / "out"))
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
+def test_train_test_split():
+    train, test = train_test_split(500, 25.0)
+    assert len(test) == 100 and train[-1] == 399 and test[0] == 400
+    train, test = train_test_split(25 * 200, 25.0)  # 200 s: the last 30 s
+    assert len(test) == 750
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        Subject.open(Path("/nonexistent/subject"))
