@@ -161,7 +161,8 @@ class AvatarRenderer:
         On the CPU, ``workers`` frames (default ``torch.get_num_threads()``) are made at a time, each on one thread
         (torch's and the kernels' thread count is 1 while the iterator runs, then restored): on two cores about 1.6x
         the throughput of one frame at a time on both, since a frame's serial parts (binning, the numpy compositing,
-        JPEG decoding) overlap. On CUDA, one frame at a time. Yields (size, size, 3) uint8, or what ``finish`` returns.
+        JPEG decoding) overlap. On CUDA, one frame at a time. Yields (resolution, resolution, 3) uint8, or what
+        ``finish`` returns.
         """
         def make(t: int) -> np.ndarray:
             img, weight = self.frame_and_weight(verts[t:t + 1], int(sources[t]))

@@ -135,11 +135,10 @@ def model_eye_openness(model: HeadModel, dtype: torch.dtype = torch.float32,
     blinks = blink_components(model)
     if not blinks:
         return None
-    dt, dev = dtype, device
-    expr = torch.zeros(2, model.n_expression, dtype=dt, device=dev)
+    expr = torch.zeros(2, model.n_expression, dtype=dtype, device=device)
     expr[1, blinks] = 1.0
     with torch.no_grad():
-        lmk = model.forward_landmarks(shape=torch.zeros(2, model.n_shape, dtype=dt, device=dev), expression=expr)
+        lmk = model.forward_landmarks(shape=torch.zeros(2, model.n_shape, dtype=dtype, device=device), expression=expr)
     opened, closed = eye_openness(lmk[..., :2]).mean(-1).tolist()
     return opened, closed
 
