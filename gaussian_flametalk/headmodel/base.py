@@ -41,6 +41,16 @@ def inter_ocular(points68: np.ndarray) -> np.ndarray:
     return np.linalg.norm(p[..., 36, :] - p[..., 45, :], axis=-1)
 
 
+def eye_axis(points68: torch.Tensor, part: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One eye's frame from its corners (``part``: "eye_right", iBUG 36/39, or "eye_left", 42/45): the first corner
+    (..., 2), the corner distance (...,) and the unit normal of the corner line (..., 2)."""
+    i = IBUG68_PARTS[part].start
+    c0, c1 = points68[..., i, :], points68[..., i + 3, :]
+    axis = c1 - c0
+    width = axis.norm(dim=-1).clamp_min(1e-9)
+    return c0, width, torch.stack([-axis[..., 1], axis[..., 0]], dim=-1) / width[..., None]
+
+
 def eye_openness(points68: torch.Tensor) -> torch.Tensor:
     """How open each eye is: (..., 68, 2) iBUG points -> (..., 2) (right eye 36-41, left eye 42-47).
 
@@ -51,10 +61,7 @@ def eye_openness(points68: torch.Tensor) -> torch.Tensor:
     out = []
     for part in ("eye_right", "eye_left"):
         i = IBUG68_PARTS[part].start
-        c0, c1 = points68[..., i, :], points68[..., i + 3, :]
-        axis = c1 - c0
-        width = axis.norm(dim=-1).clamp_min(1e-9)
-        normal = torch.stack([-axis[..., 1], axis[..., 0]], dim=-1) / width[..., None]
+        _, width, normal = eye_axis(points68, part)
         gap = lambda a, b: ((points68[..., a, :] - points68[..., b, :]) * normal).sum(-1).abs()  # noqa: E731
         out.append(0.5 * (gap(i + 1, i + 5) + gap(i + 2, i + 4)) / width)
     return torch.stack(out, dim=-1)

@@ -47,8 +47,8 @@ from tqdm.auto import tqdm
 
 from ..geometry.camera import Camera, intrinsics
 from ..geometry.rotation import axis_angle_to_matrix
-from ..headmodel.base import (IBUG68_PARTS, POSE_DIMS, HeadModel, HeadParams, blink_components, eye_components,
-                              eye_openness)
+from ..headmodel.base import (IBUG68_PARTS, POSE_DIMS, HeadModel, HeadParams, blink_components, eye_axis,
+                              eye_components, eye_openness)
 
 #: iBUG points that expressions barely move (upper contour, nose, eye corners): the rigid stage fits only these.
 RIGID_LANDMARKS = (0, 1, 2, 14, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)
@@ -82,7 +82,7 @@ class FitConfig:
     w_focal: float = field(default=1e-6, metadata={"min": 0, "help": "prior weight on log(focal / focal_init)"})
     w_smooth_rigid: float = field(default=0.5, metadata={"min": 0, "help": "weight of the acceleration of the rigidly moving head's 3D landmarks (IODs per frame^2)"})
     w_smooth_motion: float = field(default=0.05, metadata={"min": 0, "help": "weight of the acceleration of the non-rigid 3D landmark motion (IODs per frame^2)"})
-    landmark_offsets: bool = field(default=False, metadata={"help": "fit per-clip offsets of the brow, nose and eye landmarks from the model's embedding (on ../shared v1 they take the constant eye and nose components out of the expressions, but cost 0.4-0.9 dB of avatar test PSNR)"})
+    landmark_offsets: bool = field(default=False, metadata={"help": "fit per-clip offsets of the brow, nose and eye landmarks from the model's embedding (on ../shared v1 they take the constant eye and nose components out of the expressions; not yet measured with the eye stage, so off)"})
     w_landmark_offset: float = field(default=1e-4, metadata={"min": 0, "help": "with --landmark-offsets: prior weight on the offsets (IODs)"})
     eyelid_travel: bool = field(default=True, metadata={"help": "re-scale the detected eyelids to the head model's lid travel, relative to the clip's open eyes (models with blink components)"})
 
@@ -159,10 +159,7 @@ def rescale_eyelids(points: torch.Tensor, observed: torch.Tensor, model_open: fl
             continue  # no open eye to calibrate against (closed or squinting throughout)
         frac = ((opening[:, e] - detected_closed) / (base - detected_closed)).clamp(0.0, 1.5)
         target = model_closed + frac * (model_open - model_closed)  # (T,)
-        c0, c1 = points[:, i], points[:, i + 3]
-        axis = c1 - c0
-        width = axis.norm(dim=-1).clamp_min(1e-9)
-        normal = torch.stack([-axis[:, 1], axis[:, 0]], dim=-1) / width[:, None]
+        c0, width, normal = eye_axis(points, part)
         for up, low in ((i + 1, i + 5), (i + 2, i + 4)):
             du, dl = ((points[:, up] - c0) * normal).sum(-1), ((points[:, low] - c0) * normal).sum(-1)
             mid, gap = 0.5 * (du + dl), du - dl
@@ -278,6 +275,8 @@ class _Problem:
             if k in kw:
                 kw[k] = torch.zeros_like(kw[k])
         lmk = self.model.forward_landmarks(**kw)
+        if not self.cfg.landmark_offsets:  # the offsets stay zero: nothing to add on this hot path
+            return lmk
         shift = offset.reshape(-1, 3) * self.iod_model  # (K, 3)
         shift = torch.einsum("tij,kj->tki", axis_angle_to_matrix(kw["rotation"]), shift) if "rotation" in kw \
             else shift.expand(lmk.shape[0], -1, -1)
