@@ -2,9 +2,9 @@
 
 Steps, each with progress: probe the video; scan it for faces at a low rate to choose ONE fixed square crop
 for the whole clip (a per-frame crop alone makes wobble) and to reject clips with no face or several; extract
-the sound as 16 kHz mono; stream the cropped, resized frames at the target fps once, saving each frame and its
-foreground mask and detecting its landmarks; fit the head model to the landmarks (``fit.py``); draw the
-overlay video. Everything is written under ``SUBJECT.partial/`` and renamed to ``SUBJECT`` at the end; a
+the sound (the video's own, or the file of ``--audio``, checked first) as 16 kHz mono; stream the cropped, resized
+frames at the target fps once, saving each frame and its foreground mask and detecting its landmarks; fit the head
+model to the landmarks (``fit.py``); draw the overlay video. Everything is written under ``SUBJECT.partial/`` and renamed to ``SUBJECT`` at the end; a
 re-run reuses a finished detection pass found there.
 """
 
@@ -26,6 +26,7 @@ from ..config import config_to_dict, resolve_device, validate
 from ..headmodel import HeadModel, inter_ocular, load_head_model
 from ..atomic import partial_folder, write_json
 from ..io.media import VideoError, VideoInfo, extract_audio, iter_frames, probe_video, write_video
+from ..io.audio import SAMPLE_RATE, AudioError, load_audio, save_wav
 from ..io.lock import stage_lock
 from ..io.meta import StageMeta, package_versions
 from ..io.subject import SubjectWriter
@@ -42,6 +43,10 @@ class TrackConfig(FitConfig):
 
     video: Path = field(metadata={"help": "input video (mp4, mov, mkv, webm; h264, hevc, vp9)"})
     out: Path = field(metadata={"help": "SUBJECT folder to create"})
+    audio: Path | None = field(default=None, metadata={
+        "help": "the clip's sound from a separate file (any audio or video file ffmpeg reads), written as the "
+                "SUBJECT's audio.wav in place of the video's own sound; its length must match the video's "
+                "within 0.5 s"})
     head_model: str = field(default="ict", metadata={"help": "flame:PATH | ict:PATH | synthetic (flame/ict alone read GFT_FLAME/GFT_ICT)"})
     n_shape: int | None = field(default=None, metadata={"min": 0, "help": "identity components to fit (default: FLAME 300, all ICT modes)"})
     fps: float = field(default=25.0, metadata={"above": 0, "help": "frame rate to resample the video to"})
@@ -124,24 +129,42 @@ def track(cfg: TrackConfig) -> Path:
     if not n_frames >= MIN_FRAMES:
         raise VideoError(f"{cfg.video}: {n_frames:.0f} frame(s) at {cfg.fps:g} fps; tracking needs a video of at least "
                          f"{MIN_FRAMES} frames (a still image or a one-frame clip is not a talking-head video)")
+    wave = _separate_audio(cfg, info) if cfg.audio is not None else None
     model = load_head_model(cfg.head_model, n_shape=cfg.n_shape).to(torch.device(cfg.device))
     with stage_lock(out, "track"):
-        return _track(cfg, out, info, model, t_all)
+        return _track(cfg, out, info, model, t_all, wave)
+
+
+#: how far (seconds) the length of ``--audio`` may differ from the video's
+AUDIO_LENGTH_TOLERANCE_S = 0.5
+
+
+def _separate_audio(cfg: TrackConfig, info: VideoInfo) -> np.ndarray:
+    """``--audio``: the file decoded to 16 kHz mono; AudioError (naming the file) when it cannot be read or its length
+    differs from the video's by more than :data:`AUDIO_LENGTH_TOLERANCE_S`."""
+    wave = load_audio(cfg.audio)
+    seconds = wave.size / SAMPLE_RATE
+    if math.isfinite(info.duration) and abs(seconds - info.duration) > AUDIO_LENGTH_TOLERANCE_S:
+        raise AudioError(f"{cfg.audio}: {seconds:.2f} s of sound for a {info.duration:.2f} s video ({cfg.video}); "
+                         f"--audio must be the clip's own sound (lengths within {AUDIO_LENGTH_TOLERANCE_S:g} s)")
+    return wave
 
 
 #: the shortest clip ``gft track`` accepts, in frames at the target fps (its last 20 % are the avatar's test split)
 MIN_FRAMES = 10
 
 
-def _track(cfg: TrackConfig, out: Path, info: VideoInfo, model: HeadModel, t_all: float) -> Path:
+def _track(cfg: TrackConfig, out: Path, info: VideoInfo, model: HeadModel, t_all: float,
+           wave: np.ndarray | None = None) -> Path:
     timings: dict[str, float] = {}
     work = partial_folder(out)
     settings = {"video": str(Path(cfg.video).resolve()), "fps": cfg.fps, "resolution": cfg.resolution, "detector": cfg.detector}
     settings_path = work / "detection.json"
     reuse = (work / "landmarks.npz").is_file() and settings_path.is_file() and json.loads(settings_path.read_text()) == settings
     writer = SubjectWriter(out, resume=reuse)
-    _log(f"{cfg.video}: {info.width}x{info.height}, {info.fps:.2f} fps, {info.duration:.1f} s, "
-         f"{'with' if info.has_audio else 'without'} sound; head model {model.kind} ({model.n_vertices} vertices)")
+    sound = f"sound from {cfg.audio}" if wave is not None else ("with sound" if info.has_audio else "without sound")
+    _log(f"{cfg.video}: {info.width}x{info.height}, {info.fps:.2f} fps, {info.duration:.1f} s, {sound}; "
+         f"head model {model.kind} ({model.n_vertices} vertices)")
 
     t0 = time.perf_counter()
     detector = make_detector(cfg.detector, max_num_faces=2) if cfg.detector == "mediapipe" else make_detector(cfg.detector)
@@ -154,7 +177,11 @@ def _track(cfg: TrackConfig, out: Path, info: VideoInfo, model: HeadModel, t_all
     _log(f"crop: x={crop.x} y={crop.y} size={crop.size} (source pixels) -> {cfg.resolution}x{cfg.resolution}")
 
     audio = writer.path("audio.wav")
-    has_audio = extract_audio(cfg.video, audio) if info.has_audio else False
+    if wave is not None:  # --audio: the same 16 kHz mono 16-bit wav the video's own sound becomes
+        save_wav(audio, wave)
+        has_audio = True
+    else:
+        has_audio = extract_audio(cfg.video, audio) if info.has_audio else False
 
     t0 = time.perf_counter()
     if reuse:
@@ -202,8 +229,10 @@ def _track(cfg: TrackConfig, out: Path, info: VideoInfo, model: HeadModel, t_all
         stage="track", config=config_to_dict(cfg),
         versions=package_versions("mediapipe", "opencv-contrib-python", "imageio-ffmpeg"),
         inputs={"video": {"path": str(Path(cfg.video).resolve()), "width": info.width, "height": info.height,
-                          "fps": info.fps, "duration": info.duration, "has_audio": has_audio},
-                "crop": crop.to_dict()},
+                          "fps": info.fps, "duration": info.duration, "has_audio": info.has_audio},
+                "crop": crop.to_dict()}
+        | ({"audio": {"path": str(Path(cfg.audio).resolve()), "duration": wave.size / SAMPLE_RATE}}
+           if wave is not None else {}),
         outputs=["frames/", "masks/", "landmarks.npz", "params.npz", "camera.json"]
         + (["audio.wav"] if has_audio else []) + (["overlay.mp4"] if cfg.overlay else []),
         timings=timings, figures=figures,
