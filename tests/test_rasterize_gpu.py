@@ -1,8 +1,11 @@
 """gsplat and the reference rasterizer agree on the GPU (skipped without CUDA; gsplat is imported only inside tests).
 
-Agreement: images and alphas to 1e-3, except that float32 rounding (gsplat's fast-math exp, our polynomial form of
-the Mahalanobis term) may move a (pixel, Gaussian) pair across the alpha = 1/255 cut-off, which changes that pixel
-by at most 1/255; such pixels must stay rare. Gradients to 1e-2, relative to each gradient's norm.
+Covered: images, alphas and gradients (means, quats, scales, opacities, colours / SH, background, screen-space
+means) against the reference for plain colours and SH degrees 0-3, a batch of cameras over shared Gaussians, and
+per-camera Gaussians (C, N, ...). Agreement: images and alphas to 1e-3, except that float32 rounding (gsplat's
+fast-math exp, our polynomial form of the Mahalanobis term) may move a (pixel, Gaussian) pair across the
+alpha = 1/255 cut-off, which changes that pixel by at most 1/255; such pixels must stay rare. Gradients to 1e-2,
+relative to each gradient's norm.
 """
 
 from __future__ import annotations
@@ -64,11 +67,16 @@ def test_gsplat_extension_loads():
     assert status["extension"], status["error"]
 
 
-@pytest.mark.parametrize("sh_degree", [None, 3])
-def test_gsplat_matches_reference_shared_gaussians(sh_degree: int | None):
+@pytest.mark.parametrize(("sh_degree", "n_coeffs"), [(None, None), (0, 1), (1, 16), (2, 9), (3, 16)],
+                         ids=["colors", "sh0-exact", "sh1-of-16", "sh2-exact", "sh3"])
+def test_gsplat_matches_reference_shared_gaussians(sh_degree: int | None, n_coeffs: int | None):
+    """Plain colours and every SH degree 0-3, with exactly (degree + 1)^2 coefficients and with more (as during
+    training, where the degree ramps up while the avatar keeps all 16)."""
     tensors, _ = head_scene(3000, 128, seed=1, device="cuda")
     if sh_degree is None:
         tensors["colors"] = torch.rand(3000, 3, generator=torch.Generator().manual_seed(2)).to("cuda")
+    else:
+        tensors["colors"] = tensors["colors"][:, :n_coeffs].contiguous()
     cams = cameras(128, 2)
     background = torch.tensor([0.2, 0.4, 0.6], device="cuda")
     (g_img, g_alpha, g_info, g_grads), (r_img, r_alpha, r_info, r_grads) = render_both(
@@ -81,6 +89,8 @@ def test_gsplat_matches_reference_shared_gaussians(sh_degree: int | None):
     assert torch.allclose(g_info.means2d[g_info.visible], r_info.means2d[g_info.visible], atol=1e-3)
     for name in r_grads:
         assert_grads_agree(g_grads[name], r_grads[name], name)
+    if sh_degree is not None and n_coeffs > (sh_degree + 1) ** 2:  # coefficients above the degree get no gradient
+        assert not g_grads["colors"][:, (sh_degree + 1) ** 2:].any()
 
 
 def test_gsplat_matches_reference_per_frame_gaussians():
