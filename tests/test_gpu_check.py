@@ -26,10 +26,12 @@ from gaussian_flametalk.scripts.gpu_check import (
     GpuCheckConfig,
     PrepareConfig,
     StepFailed,
+    copy_subject,
     main,
     prepare,
     run_check,
     step_environment,
+    subject_video,
 )
 from test_avatar import make_subject
 from test_flametalk import speech_like
@@ -243,3 +245,22 @@ def test_budget_and_options(tmp_path, monkeypatch):
         GpuCheckConfig()
     monkeypatch.setenv("OUT", str(tmp_path / "from_env"))
     assert GpuCheckConfig().out == tmp_path / "from_env"
+
+
+def test_a_copied_subject_still_finds_its_source_video(tmp_path):
+    """gft drive pastes into the source video of a cropped SUBJECT (--full-frame): the carried copy names it relative
+    to itself, and the check's own copy of that again."""
+    src = tmp_path / "a" / "S"
+    (src / "avatar").mkdir(parents=True)
+    (tmp_path / "a" / "video.mp4").write_bytes(b"video")
+    (src / "meta.json").write_text(json.dumps({"inputs": {"video": {"path": "../video.mp4", "width": 8}}}))
+    assert subject_video(src) == (tmp_path / "a" / "video.mp4").resolve()
+    carried = tmp_path / "prep" / "source_video.mp4"
+    carried.parent.mkdir()
+    carried.write_bytes(b"video")
+    prep = copy_subject(src, tmp_path / "prep" / "subject", carried)
+    assert json.loads((prep / "meta.json").read_text())["inputs"]["video"] == {"path": "../source_video.mp4",
+                                                                            "width": 8}
+    assert not (prep / "avatar").exists()
+    work = copy_subject(prep, tmp_path / "work" / "deeper" / "subject")
+    assert subject_video(work) == carried.resolve()

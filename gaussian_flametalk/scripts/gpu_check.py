@@ -260,7 +260,8 @@ class Context:
 
     def run(self, cmd: list[str], timeout: float, cwd: Path | None = None) -> Proc:
         """Run ``cmd`` (its output into the log), killed with its process group after ``timeout`` seconds or when
-        the budget runs out; raises StepTimeout then."""
+        the budget runs out; raises StepTimeout then. A process group of its own, not a session: whatever kills
+        this process's session (the device tool, at its timeout) still ends the step's children too."""
         limit = min(timeout, self.remaining() - 1.0)
         if limit < 1.0:
             raise StepSkipped(f"out of time (budget {self.cfg.budget_s:g} s)")
@@ -269,7 +270,7 @@ class Context:
         start = self.log_file.tell()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=str(cwd or REPO), env=self.env, start_new_session=True)
+                                cwd=str(cwd or REPO), env=self.env, **_OWN_GROUP)
         try:
             rc = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
@@ -289,6 +290,10 @@ class Context:
         with open(self.log_file.name, "rb") as f:
             f.seek(offset)
             return f.read().decode(errors="replace")
+
+
+#: Popen keywords that start a child in a process group of its own (``process_group`` is Python 3.11+)
+_OWN_GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -605,7 +610,7 @@ def step_train(ctx: Context) -> dict[str, Any]:
     subject = ctx.work / "subject"
     if subject.exists():
         shutil.rmtree(subject)
-    shutil.copytree(cfg.subject, subject, ignore=shutil.ignore_patterns("avatar", "*.partial", "overlay.mp4"))
+    copy_subject(cfg.subject, subject)
     iters, res = sizes["train_iterations"], sizes["train_resolution"]
     proc = ctx.run(_python("-m", "gaussian_flametalk.scripts.gft", "train-avatar", str(subject),
                            "--iterations", str(iters), "--resolution", str(res), "--device", device,
@@ -704,7 +709,7 @@ def run_check(cfg: GpuCheckConfig, steps: list[tuple[str, Step]] | None = None) 
     report: dict[str, Any] = {
         "format": 1, "check": "gpu_check", "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "dry_run": cfg.dry_run, "argv": sys.argv, "config": config_to_dict(cfg), "repo": str(REPO),
-        "git_commit": _git_commit(), "work": str(work), "device": None, "versions": {}, "steps": {}, "goals": {},
+        "git_commit": _git_commit(), "prepared": _prepared_info(cfg), "work": str(work), "device": None, "versions": {}, "steps": {}, "goals": {},
     }
     try:
         log_path.write_bytes(b"")
@@ -758,6 +763,15 @@ def _run_step(ctx: Context, name: str, fn: Step) -> dict[str, Any]:
     ctx.say(f"{name}: {result['status']}" + (f" ({tail(result['reason'], 300)})" if "reason" in result else "")
             + f" in {result['seconds']:.1f} s")
     return result
+
+
+def _prepared_info(cfg: GpuCheckConfig) -> dict[str, Any] | None:
+    """prepare's record of the carried SUBJECT (when ``--subject`` is prepare's), for the report."""
+    marker = cfg.subject.parent / "prepared.json"
+    try:
+        return json.loads(marker.read_text()) if marker.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _git_commit() -> str | None:
@@ -871,7 +885,7 @@ def build_subject(cfg: PrepareConfig) -> dict[str, Any]:
     prep.mkdir(parents=True, exist_ok=True)
     for stale in ("subject", "build"):
         shutil.rmtree(prep / stale, ignore_errors=True)
-    for old in prep.glob("drive_speech.*"):
+    for old in [*prep.glob("drive_speech.*"), *prep.glob("source_video.*")]:
         old.unlink()
     marker.unlink(missing_ok=True)
     t0 = time.perf_counter()
@@ -885,24 +899,58 @@ def build_subject(cfg: PrepareConfig) -> dict[str, Any]:
         build = prep / "build"
         source, speech = _build_demo(cfg, build), build / "demo_subject" / "drive_speech.wav"
     dest = prep / "subject"
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("avatar", "*.partial", "overlay.mp4"))
+    notes = []
+    video, carried = subject_video(source), None
+    if video is not None and video.is_file():  # gft drive pastes into it (--full-frame) when the SUBJECT is a crop
+        carried = prep / f"source_video{video.suffix}"
+        shutil.copyfile(video, carried)
+    elif video is not None:
+        notes.append(f"the SUBJECT's source video {video} is gone: gft drive's full-frame output (its default for a "
+                     "cropped SUBJECT) fails without it")
+    copy_subject(source, dest, carried)
     speech_dest = prep / f"drive_speech{speech.suffix}"
     shutil.copyfile(speech, speech_dest)
     if build is not None:
         _strip_optimizer(dest / "talk" / "checkpoint.pt")
         shutil.rmtree(build)
     encoder = json.loads((dest / "talk" / "meta.json").read_text()).get("config", {}).get("audio_encoder")
-    notes = []
     if encoder and "phonetic" in encoder:
         notes.append(f"FlameTalk uses the {encoder} audio encoder: pocketsphinx has no wheel for the GPU machine's "
                      "Python 3.12, so gft drive fails there (train it with --audio-encoder mel)")
     elif encoder and encoder.split(":")[0] in ("wav2vec2", "hubert"):
         notes.append(f"FlameTalk uses {encoder}: its weights must travel too")
     info = {"settings": settings, "subject": _rel(dest, cfg.root), "speech": _rel(speech_dest, cfg.root),
+            "source_video": _rel(carried, cfg.root) if carried else None,
             "audio_encoder": encoder, "seconds": round(time.perf_counter() - t0, 1), "notes": notes,
+            "git_commit": _git_commit(),
             "made": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     write_json(marker, info)
     return info
+
+
+def subject_video(subject: Path) -> Path | None:
+    """The source video a SUBJECT's meta.json names (``inputs.video.path``, relative to the SUBJECT when not
+    absolute, as ``gft drive`` reads it), whether or not it still exists; None when it names none."""
+    video = json.loads((Path(subject) / "meta.json").read_text()).get("inputs", {}).get("video") or {}
+    if not video.get("path"):
+        return None
+    path = Path(video["path"])
+    return path if path.is_absolute() else (Path(subject) / path).resolve()
+
+
+def copy_subject(src: Path, dest: Path, video: Path | None = None) -> Path:
+    """Copy a SUBJECT folder without its avatar and overlay, naming its source video (``video``, else the one its
+    meta.json names) relative to the copy, so that the copy, carried or moved along with it, still finds it."""
+    from ..atomic import write_json
+
+    src, dest = Path(src), Path(dest)
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("avatar", "*.partial", "overlay.mp4"))
+    target = Path(video) if video is not None else subject_video(src)
+    if target is not None and target.exists():
+        meta = json.loads((dest / "meta.json").read_text())
+        meta["inputs"]["video"]["path"] = os.path.relpath(target.resolve(), dest.resolve())
+        write_json(dest / "meta.json", meta)
+    return dest
 
 
 def _build_demo(cfg: PrepareConfig, build: Path) -> Path:
@@ -975,7 +1023,8 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     total = sum(v for v in sizes.values() if v is not None)
     mib = {k: None if v is None else round(v / 2**20, 1) for k, v in sizes.items()}
     print("\nwheels: " + ", ".join(f"{w.name} ({w.stat().st_size / 2**20:.1f} MiB)" for w in wheels))
-    print(f"prepared: {info['subject']} (FlameTalk audio encoder {info['audio_encoder']}), speech {info['speech']}")
+    print(f"prepared: {info['subject']} (FlameTalk audio encoder {info['audio_encoder']}), speech {info['speech']}"
+          + (f", source video {info['source_video']}" if info.get("source_video") else ""))
     for note in info.get("notes", []):
         print(f"WARNING: {note}")
     print(f"what travels: wheels {mib['wheels']} MiB + prepared {mib['prep']} MiB + working tree {mib['tree']} MiB = "
