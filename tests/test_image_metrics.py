@@ -156,3 +156,26 @@ def test_lpips_loads_the_lpips_package_layout(tmp_path):
     with torch.no_grad():
         assert float(a(x, y)) > 0
         torch.testing.assert_close(a(x, y), b(x, y))
+
+
+def test_silhouette_errors_see_frayed_outlines_and_floaters():
+    """A render matching the mask scores 0; fraying its outline raises only `edge`, a blob far outside only
+    `outside`; pixels of weight 0 are not counted."""
+    from gaussian_flametalk.metrics.image import boundary_band, silhouette_errors
+
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    mask = (((yy - 32) ** 2 + (xx - 32) ** 2) < 20.0**2).float()[None, ..., None]
+    band = boundary_band(mask, 2)
+    assert band.any() and not band[0, 32, 32, 0] and not band[0, 2, 2, 0] and band[0, 32, 12, 0]
+    assert silhouette_errors(mask.clone(), mask) == {"edge": 0.0, "outside": 0.0}
+    g = torch.Generator().manual_seed(0)
+    frayed = torch.where(band & (torch.rand(mask.shape, generator=g) < 0.5), 1 - mask, mask)
+    e = silhouette_errors(frayed, mask)
+    assert 0.3 < e["edge"] < 0.7 and e["outside"] == 0.0
+    floater = mask.clone()
+    floater[0, 0:8, 0:8] = 0.8
+    f = silhouette_errors(floater, mask)
+    assert f["edge"] == 0.0 and f["outside"] > 0.02
+    weight = torch.ones_like(mask)
+    weight[0, 0:8, 0:8] = 0
+    assert silhouette_errors(floater, mask, weight)["outside"] == 0.0

@@ -9,6 +9,10 @@ parameters: ``w_position * mean(relu(|xyz| - threshold_position))`` and
 ``w_scale * mean(relu(exp(log_scale) - threshold_scale))`` (both in triangle-scale units), plus
 ``w_alpha`` times the L1 between the rendered alpha and the person mask over the same pixels: a dark Gaussian
 floating outside the person costs nothing against the black target, but would show over the background plate.
+The pixels in the box around the mouth (:func:`mouth_box`, from the tracked mesh's lip landmarks) weigh
+``1 + w_mouth`` in the photometric terms: lips, teeth and mouth interior are a few percent of the head's pixels but
+what a talking avatar is judged by. Frames are drawn by a :mod:`.sampling` strategy: ``balanced`` draws
+frames with a rare mouth or eye opening (teeth bared, lids shut) more often than uniform sampling would.
 
 Optimised: the Gaussians (Adam, the 3DGS learning rates; the position rate is ``position_lr * extent`` metres per
 step, converted to triangle units by the mean triangle scale, and decays exponentially to ``position_lr_final``
@@ -31,6 +35,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -45,7 +50,7 @@ from ..io.lock import stage_lock
 from ..io.meta import StageMeta, package_versions, write_meta
 from ..io.subject import Subject
 from ..io.training import Checkpoint, RunState, restore, run_training
-from ..metrics.image import l1, psnr, ssim
+from ..metrics.image import l1, psnr, silhouette_errors, ssim
 from .binding import triangle_frames
 from .composite import (
     static_background,
@@ -58,6 +63,7 @@ from .gaussians import (
     save_ply,
 )
 from .rasterize import render
+from .sampling import face_state_features, make_sampler
 from .schedule import Schedule, resolve_schedule
 from .strategy import DefaultStrategy
 
@@ -108,6 +114,11 @@ class AvatarConfig:
     iterations: int = field(default=3000, metadata={"min": 1, "help": "total training iterations (a re-run resumes)"})
     resolution: int = field(default=256, metadata={"min": 16, "help": "training image size (frames are resized)"})
     batch_size: int = field(default=1, metadata={"min": 1, "help": "frames per iteration"})
+    frame_sampling: Literal["uniform", "balanced"] = field(default="uniform", metadata={
+        "help": "how training frames are drawn: uniform, or balanced (frames with a rare mouth / eye opening more "
+                "often: teeth and closed lids get trained)"})
+    balance_mix: float = field(default=0.5, metadata={"min": 0, "max": 1,
+        "help": "balanced sampling: share of the draws that follow the rarity weights (the rest are uniform)"})
     device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     regions: tuple[str, ...] = field(default=("face", "lips", "eyes", "scalp", "neck", *MOUTH_REGION_NAMES),
@@ -132,6 +143,9 @@ class AvatarConfig:
     w_alpha: float = field(default=0.1, metadata={"min": 0, 
         "help": "weight of the L1 between the rendered alpha and the person mask (keeps dark Gaussians, invisible over "
                 "the black training background, off the composited background)"})
+    w_mouth: float = field(default=0.0, metadata={"min": 0,
+        "help": "extra weight of the pixels in the box around the mouth landmarks in the photometric loss (they weigh "
+                "1 + this)"})
     w_position: float = field(default=0.01, metadata={"min": 0, "help": "local position regulariser weight"})
     threshold_position: float = field(default=1.0, metadata={"min": 0, "help": "local |xyz| allowed without penalty"})
     w_scale: float = field(default=1.0, metadata={"min": 0, "help": "local scale regulariser weight"})
@@ -172,6 +186,10 @@ class TrainData:
         train_idx, test_idx: frame indices (the test frames are never trained on).
         masks: (T, H, W, 1) uint8 person masks (255 = person), the silhouette the rendered alpha should match where
             the weight is on; None = no silhouette loss.
+        mouth_boxes: (T, 4) int64 boxes ``x0, y0, x1, y1`` (pixels, end exclusive) around the tracked mouth
+            (:func:`mouth_box`); None = no mouth weighting.
+        face_states: (T, 2) float64 mouth and eye opening of the tracked mesh (:func:`.sampling.face_state_features`),
+            for balanced frame sampling; None = uniform.
     """
 
     targets: torch.Tensor
@@ -181,12 +199,26 @@ class TrainData:
     train_idx: np.ndarray
     test_idx: np.ndarray
     masks: torch.Tensor | None = None
+    mouth_boxes: torch.Tensor | None = None
+    face_states: np.ndarray | None = None
 
     def batch(self, idx: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W, 3) float targets and (B, H, W, 1) float weights of frames ``idx``."""
         t = self.targets[idx].to(device).float() / 255.0
         w = self.weights[idx].to(device).float()
         return t, w / 255.0 if self.weights.dtype == torch.uint8 else w
+
+    def mouth_weights(self, idx: torch.Tensor, extra: float, device: torch.device | str) -> torch.Tensor | None:
+        """(B, H, W, 1) factors: ``1 + extra`` inside frame ``idx``'s mouth box, 1 elsewhere (None without boxes)."""
+        if self.mouth_boxes is None or extra == 0:
+            return None
+        h, w = self.targets.shape[1:3]
+        b = self.mouth_boxes[idx].to(device)
+        ys = torch.arange(h, device=device).view(1, h, 1)
+        xs = torch.arange(w, device=device).view(1, 1, w)
+        inside = ((xs >= b[:, 0, None, None]) & (xs < b[:, 2, None, None])
+                  & (ys >= b[:, 1, None, None]) & (ys < b[:, 3, None, None]))
+        return (1.0 + extra * inside.float())[..., None]
 
     def silhouette(self, idx: torch.Tensor, device: torch.device | str) -> torch.Tensor | None:
         """(B, H, W, 1) float person masks in [0, 1] of frames ``idx`` (None without masks)."""
@@ -248,6 +280,26 @@ def scaled_camera(camera: Camera, size: int) -> Camera:
     return camera.resized(size, size)
 
 
+MOUTH_LANDMARKS = (*IBUG68_PARTS["lips_outer"], *IBUG68_PARTS["lips_inner"])
+
+
+def mouth_box(xy: torch.Tensor, width: int, height: int, pad: float = 0.25) -> torch.Tensor:
+    """Boxes around the mouth: the lip landmarks' bounding box widened by ``pad`` of its size on every side (lips,
+    teeth and mouth interior), clipped to the image.
+
+    Args:
+        xy: (..., 20, 2) projected iBUG lip landmarks (:data:`MOUTH_LANDMARKS`) in pixels.
+    Returns:
+        (..., 4) int64 ``x0, y0, x1, y1`` (end exclusive; empty when x1 <= x0 or y1 <= y0).
+    """
+    lo, hi = xy.min(dim=-2).values, xy.max(dim=-2).values
+    margin = pad * (hi - lo)
+    x0y0 = (lo - margin).floor().clamp_min(0).long()
+    x1y1 = (hi + margin).ceil().long()
+    x1y1 = torch.minimum(x1y1, torch.tensor([width, height], device=xy.device))
+    return torch.cat([x0y0, x1y1], dim=-1)
+
+
 @torch.no_grad()
 def posed_vertices(model: HeadModel, params: HeadParams, chunk: int = 64) -> torch.Tensor:
     """(T, V, 3) meshes of all frames, evaluated in chunks."""
@@ -276,7 +328,11 @@ def load_training_data(subject: Subject, model: HeadModel, triangles: torch.Tens
     camera = scaled_camera(subject.camera(), size)
     used = torch.unique(model.faces[triangles])
     verts = posed_vertices(model, params)
-    cuts = torso_cut_rows(verts[:, used], camera, model.landmarks(verts)).numpy()
+    landmarks = model.landmarks(verts)
+    cuts = torso_cut_rows(verts[:, used], camera, landmarks).numpy()
+    points = camera.project(landmarks)
+    boxes = mouth_box(points[:, list(MOUTH_LANDMARKS)], camera.width, camera.height)
+    states = face_state_features(points)
     del verts
     black = np.zeros(3, dtype=np.float32)
     targets, weights, masks = [], [], []
@@ -289,7 +345,7 @@ def load_training_data(subject: Subject, model: HeadModel, triangles: torch.Tens
         masks.append(torch.from_numpy((mask * 255.0).round().astype(np.uint8))[..., None])
     train_idx, test_idx = subject.split()
     return TrainData(torch.stack(targets), torch.stack(weights), params, camera, train_idx, test_idx,
-                     torch.stack(masks))
+                     torch.stack(masks), boxes, states)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -374,24 +430,26 @@ def evaluate_avatar(
     gaussians: BoundGaussians, model: HeadModel, data: TrainData, idx: np.ndarray, sh_degree: int, device: str
 ) -> dict[str, float]:
     """Mean PSNR / SSIM / L1 over frames ``idx`` (tracked parameters, unmasked pixels only), and ``mouth_psnr``: the
-    PSNR inside the box around the posed mesh's mouth landmarks (iBUG 48-67), widened by a quarter of its size on
-    every side (lips, teeth and mouth interior: the region a talking avatar is judged by)."""
-    out = {"psnr": [], "ssim": [], "l1": [], "mouth_psnr": []}
+    PSNR inside :func:`mouth_box` of the posed mesh (lips, teeth and mouth interior: the region a talking avatar is
+    judged by). With person masks, ``edge_alpha`` and ``outside_alpha``: :func:`~..metrics.image.silhouette_errors`
+    of the rendered alpha against the mask (in a band of 1 % of the image size along the outline; beyond it)."""
+    out = {"psnr": [], "ssim": [], "l1": [], "mouth_psnr": [], "edge_alpha": [], "outside_alpha": []}
+    radius = max(1, round(0.01 * data.camera.width))
     camera = data.camera.to(device)
-    mouth = list(IBUG68_PARTS["lips_outer"]) + list(IBUG68_PARTS["lips_inner"])
     for i in idx:
         verts = model.forward_params(data.params[int(i):int(i) + 1].to(device))
-        img, _, _ = render_vertices(gaussians, verts, model.faces, camera, sh_degree)
+        img, alpha, _ = render_vertices(gaussians, verts, model.faces, camera, sh_degree)
         t, w = data.batch(torch.tensor([int(i)]), device)
+        mask = data.silhouette(torch.tensor([int(i)]), device)
+        if mask is not None:
+            sil = silhouette_errors(alpha, mask, w, radius)
+            out["edge_alpha"].append(sil["edge"])
+            out["outside_alpha"].append(sil["outside"])
         out["psnr"].append(psnr(img, t, w))
         out["ssim"].append(ssim(img, t, w).item())
         out["l1"].append(l1(img, t, w).item())
-        xy = camera.project(model.landmarks(verts)[0, mouth])
-        lo, hi = xy.min(0).values, xy.max(0).values
-        pad = 0.25 * (hi - lo)
-        x0, y0 = (lo - pad).floor().clamp_min(0).long().tolist()
-        x1, y1 = (hi + pad).ceil().long().tolist()
-        x1, y1 = min(x1, camera.width), min(y1, camera.height)
+        x0, y0, x1, y1 = mouth_box(camera.project(model.landmarks(verts)[0, list(MOUTH_LANDMARKS)]), camera.width,
+                                   camera.height).tolist()
         if x1 > x0 and y1 > y0:
             box = (slice(None), slice(y0, y1), slice(x0, x1))
             out["mouth_psnr"].append(psnr(img[box], t[box], w[box]))
@@ -454,16 +512,18 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
                                d.max_size * cfg.extent)
     stats = strategy.initialize_state(gaussians)
     run = restore(state, {"frames": frames, "optimizer": optimizer, "stats": stats}, gen) if state else RunState()
-    train_idx = torch.as_tensor(data.train_idx, dtype=torch.long)
+    sampler = make_sampler(cfg.frame_sampling, data.train_idx, data.face_states, cfg.balance_mix)
 
     def step(it: int) -> dict | None:
         for group in optimizer.param_groups:
             if group["name"] == "xyz":
                 group["lr"] = _position_lr(cfg, it, k_mean)
-        sel = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), generator=gen)]
+        sel = sampler.draw(cfg.batch_size, gen)
         target, weight = data.batch(sel, device)
         image, alpha, info = render_frames(gaussians, model, frames.gather(sel), camera, schedule.sh_degree(it))
-        photo = (1 - cfg.w_ssim) * l1(image, target, weight) + cfg.w_ssim * (1 - ssim(image, target, weight))
+        mouth = data.mouth_weights(sel, cfg.w_mouth, device)
+        photo_weight = weight if mouth is None else weight * mouth
+        photo = (1 - cfg.w_ssim) * l1(image, target, photo_weight) + cfg.w_ssim * (1 - ssim(image, target, photo_weight))
         loss = photo + regularisers(gaussians, cfg)
         silhouette = data.silhouette(sel, device)
         if silhouette is not None and cfg.w_alpha > 0:
@@ -578,7 +638,8 @@ def _train_avatar(cfg: AvatarConfig, subject: Subject, model: HeadModel, out: Pa
         timings={"load_s": t_load, "train_s": result.train_seconds, "total_s": time.perf_counter() - t_start,
                  "iterations_per_s": ips, "device": str(device)},
         figures={"test_psnr": result.test["psnr"], "test_ssim": result.test["ssim"], "test_l1": result.test["l1"],
-                 "test_mouth_psnr": result.test["mouth_psnr"],
+                 "test_mouth_psnr": result.test["mouth_psnr"], "test_edge_alpha": result.test["edge_alpha"],
+                 "test_outside_alpha": result.test["outside_alpha"],
                  "n_gaussians": len(result.gaussians), "sh_degree": result.sh_degree,
                  "final_train_loss": result.history[-1]["loss"] if result.history else None},
         extra={"resumed_from": result.resumed_from, "schedule": asdict(cfg.schedule())}))

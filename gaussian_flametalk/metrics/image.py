@@ -1,4 +1,5 @@
-"""Image losses and metrics: masked L1, SSIM (11x11 Gaussian window, sigma 1.5), PSNR.
+"""Image losses and metrics: masked L1, SSIM (11x11 Gaussian window, sigma 1.5), PSNR, and the silhouette figures of
+a rendered alpha against a mask (the error in a band along the mask's outline, the alpha outside it).
 
 Images are (B, H, W, C) floats in [0, 1]; weights are (B, H, W, 1) in [0, 1] (1 = counted), or None (all pixels).
 """
@@ -10,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["l1", "psnr", "ssim", "ssim_map"]
+__all__ = ["boundary_band", "l1", "psnr", "silhouette_errors", "ssim", "ssim_map"]
 
 SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
@@ -74,3 +75,37 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None =
     """PSNR in dB for a peak of 1 over the weighted mean squared error."""
     mse = _weighted_mean((pred.detach() - target.detach()) ** 2, weight).item()
     return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, H, W, 1) max over the (2 radius + 1)² square around each pixel."""
+    x = mask.permute(0, 3, 1, 2)
+    return F.max_pool2d(x, 2 * radius + 1, stride=1, padding=radius).permute(0, 2, 3, 1)
+
+
+def boundary_band(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, H, W, 1) bool: pixels within ``radius`` pixels (chessboard distance) of the outline of ``mask > 0.5``.
+
+    Args:
+        mask: (B, H, W, 1) in [0, 1].
+    """
+    inside = (mask > 0.5).float()
+    return (_dilate(inside, radius) - (1 - _dilate(1 - inside, radius))) > 0.5
+
+
+def silhouette_errors(alpha: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None,
+                      radius: int = 3) -> dict[str, float]:
+    """How a rendered silhouette meets a mask.
+
+    ``edge``: mean |alpha - mask| over the pixels within ``radius`` of the mask's outline (jagged or frayed outlines
+    raise it); ``outside``: mean alpha over the pixels farther than ``radius`` outside the mask (floaters).
+
+    Args:
+        alpha, mask: (B, H, W, 1) in [0, 1]; weight: (B, H, W, 1) or None (pixels with weight 0 are not counted).
+    """
+    keep = torch.ones_like(mask) if weight is None else (weight > 0).to(mask.dtype)
+    band = boundary_band(mask, radius).to(mask.dtype) * keep
+    far = (1 - _dilate((mask > 0.5).to(mask.dtype), radius)) * keep
+    edge = _weighted_mean((alpha - mask).abs(), band)
+    outside = _weighted_mean(alpha, far)
+    return {"edge": float(edge), "outside": float(outside)}
