@@ -57,6 +57,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -334,6 +335,9 @@ def step_environment(ctx: Context) -> dict[str, Any]:
         "torch_cuda": torch.version.cuda, "numpy": numpy.__version__, "cpu_count": os.cpu_count(),
         "cpu": _cpu_name(), "cuda_available": ctx.torch_cuda, "dry_run": cfg.dry_run,
         "ninja": shutil.which("ninja"), "sizes": cfg.sizes,
+        # what torch's JIT build of gsplat needs besides nvcc: a host C++ compiler and the Python headers
+        "cxx": shutil.which("c++") or shutil.which("g++"),
+        "python_h": (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file(),
     }
     if ctx.torch_cuda:
         props = torch.cuda.get_device_properties(0)
