@@ -95,9 +95,10 @@ class AudioEncoder(nn.Module):
     def forward(self, wave: torch.Tensor, n_frames: int, fps: float = 25.0) -> torch.Tensor:
         raise NotImplementedError
 
-    def prepare(self, wave: np.ndarray | torch.Tensor) -> None:
+    def prepare(self, wave: np.ndarray | torch.Tensor, *, alone: bool = False) -> None:
         """Called once per training clip before its pieces are encoded (an encoder that decodes whole clips, like
-        ``phonetic``, caches the clip here); nothing to do for the others."""
+        ``phonetic``, caches the clip here); nothing to do for the others. ``alone``: decode it by itself even when
+        it is a piece of a clip prepared before (a test split is new speech, not part of the training clip)."""
 
     def release(self, wave: np.ndarray | torch.Tensor) -> None:
         """Forget a clip given to :meth:`prepare` (an offline prediction's speech, once predicted)."""

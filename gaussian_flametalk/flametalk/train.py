@@ -238,8 +238,14 @@ def evaluate_talk(model: FlameTalk, encoder: AudioEncoder, head: HeadModel, data
     spf = SAMPLE_RATE / data.fps
     wave = data.wave[int(round(a * spf)): int(round(b * spf))].numpy()
     reference = data.motion[data.train_idx] if model.spec.ptalker else None
-    pred = predict(model, encoder, wave, data.template.to(device), data.fps, mode, cfg.window, cfg.overlap,
-                   subject=subject, reference=reference)
+    # the test audio is new speech, decoded on its own as TalkModel.predict (gft drive) decodes a speech file: not
+    # as windows padded with zeros, nor as pieces of the whole clip the training prepared
+    encoder.prepare(wave, alone=True)
+    try:
+        pred = predict(model, encoder, wave, data.template.to(device), data.fps, mode, cfg.window, cfg.overlap,
+                       subject=subject, reference=reference)
+    finally:
+        encoder.release(wave)
     pred = MotionProjector.fit(data.motion[data.train_idx], head, cfg.project, cfg.pca_variance)(pred)
     n = min(len(pred), b - a)
     pred_t = torch.from_numpy(pred[:n])
