@@ -13,8 +13,8 @@ from gaussian_flametalk.io.audio import SAMPLE_RATE, AudioError, save_wav
 from gaussian_flametalk.io.meta import META_FORMAT, StageMeta
 from gaussian_flametalk.io.subject import SubjectWriter
 from gaussian_flametalk.flametalk.encoders import EncoderNotFoundError, load_encoder
-from gaussian_flametalk.flametalk.model import (PTALKER_FIELDS, FlameTalk, FlameTalkArch, FlameTalkSpec, PTalkerArch,
-                                                StreamingPredictor, alibi_slopes, alignment_mask, biased_causal_mask,
+from gaussian_flametalk.flametalk.model import (PTALKER_FIELDS, FlameTalk, FlameTalkArch, FlameTalkSpec, LinearBase,
+                                                PTalkerArch, StreamingPredictor, alibi_slopes, alignment_mask, biased_causal_mask,
                                                 periodic_positional_encoding, predict)
 from gaussian_flametalk.flametalk.inference import load_talk
 from gaussian_flametalk.flametalk.train import TalkConfig, train_talk
@@ -176,6 +176,52 @@ def test_streaming_equals_one_shot(mode):
     np.testing.assert_allclose(got, one, atol=1e-4)
 
 
+def test_linear_base_chooses_its_ridge_by_cross_validation():
+    """LinearBase.fit: with a linear signal it keeps a weak ridge and recovers the map; on noise it chooses a
+    strong one and stays near zero; the cross-fitted offsets predict each block without it."""
+    torch.manual_seed(0)
+    base = LinearBase(raw_dim=4, motion_dim=3, frames=1)  # 12 inputs
+    x = torch.randn(300, 12)
+    w = torch.randn(12, 3)
+    y = x @ w + 0.05 * torch.randn(300, 3)
+    crossed = base.fit(x, y, torch.ones(3))
+    assert base.fitted and float(base.ridge) <= 10
+    pred = ((x - base.x_mean) / base.x_std) @ base.weight
+    assert (pred - y).pow(2).mean() < 0.01 * y.pow(2).mean()
+    assert crossed.shape == y.shape and (crossed - y).pow(2).mean() < 0.02 * y.pow(2).mean()
+    noise = LinearBase(4, 3, 1)
+    out = noise.fit(torch.randn(60, 12), torch.randn(60, 3), torch.ones(3))
+    assert float(noise.ridge) >= 100 and out.abs().mean() < 0.2  # (noise: 1 per entry)
+    assert not LinearBase(4, 3, 1).fitted  # zeros until fitted: adds nothing
+
+
+def _based_model(seed: int = 0) -> tuple[FlameTalk, torch.nn.Module, torch.Tensor]:
+    """A random model with a linear base (random weights, marked fitted) over the mel encoder's log-mel."""
+    torch.manual_seed(seed)
+    head = make_synthetic_head()
+    enc = load_encoder("mel", dim=16).eval()
+    spec = FlameTalkSpec(head.motion_dim, 16, head.n_vertices, FlameTalkArch(dim=32, dropout=0.0, base_frames=2),
+                         raw_dim=enc.raw_dim)
+    model = FlameTalk(spec).eval()
+    torch.nn.init.normal_(model.motion_out.weight, std=0.1)
+    model.base.weight.normal_(std=0.02)
+    model.base.ridge.fill_(1.0)
+    return model, enc, head.template
+
+
+@pytest.mark.parametrize("mode", ["autoregressive", "parallel"])
+def test_streaming_with_a_linear_base_equals_one_shot_and_the_base_adds(mode):
+    model, enc, template = _based_model(2)
+    audio, _ = speech_like(4.0, 5)
+    one = predict(model, enc, audio, template, FPS, mode, window=30, overlap=6)
+    stream = StreamingPredictor(model, enc, template, FPS, mode, window=30, overlap=6)
+    parts = [stream.push(audio[i: i + 3000]) for i in range(0, len(audio), 3000)] + [stream.flush()]
+    np.testing.assert_allclose(np.concatenate(parts), one, atol=1e-4)
+    model.base.ridge.zero_()  # unfitted: the transformer alone
+    without = predict(model, enc, audio, template, FPS, mode, window=30, overlap=6)
+    assert np.abs(one - without).mean() > 1e-3
+
+
 # ------------------------------------------------------------------------------------------------ training
 
 def _config(subject: Path, out: Path, iterations: int, **kw) -> TalkConfig:
@@ -228,6 +274,21 @@ def test_windowed_joins_are_seamless_and_silence_closes_the_mouth(trained):
     assert np.abs(closed["jaw"][:, 0]).mean() < 0.5 * np.abs(jaw_speech).mean()
 
 
+def test_early_stopping_chooses_the_count_on_held_out_training_frames(tmp_path):
+    """--val-share: the last share of the training frames scored every --val-every iterations (and before the
+    first), the best count trained on all of them; kept in selection.json, which a re-run reuses."""
+    subject = make_subject(tmp_path / "S", seconds=8.0)
+    meta = train_talk(_config(subject, tmp_path / "t", 10, val_share=0.25, val_every=5, batch_size=2, seq_frames=20))
+    sel = meta["selection"]
+    assert set(sel["scores"]) == {"0", "5", "10"} and sel["held_out_frames"] == 40  # 25 % of 160 training frames
+    assert sel["iterations"] == int(min(sel["scores"], key=lambda k: (sel["scores"][k], int(k))))
+    assert meta["iterations_run"] == sel["iterations"] and meta["iterations"] == 10
+    stamp = (tmp_path / "t" / "selection.json").stat().st_mtime_ns
+    again = train_talk(_config(subject, tmp_path / "t", 10, val_share=0.25, val_every=5, batch_size=2, seq_frames=20))
+    assert (tmp_path / "t" / "selection.json").stat().st_mtime_ns == stamp and again["selection"] == sel
+    assert again["iterations_run"] == 0  # nothing left to train
+
+
 def test_resume_continues_exactly(tmp_path):
     subject = make_subject(tmp_path / "S", seconds=6.0)
     train_talk(_config(subject, tmp_path / "a", 6, batch_size=2))
@@ -247,11 +308,13 @@ def test_the_flat_spec_of_older_checkpoints_loads():
             "period": 25, "dropout": 0.0, "ptalker": False, "n_subjects": 0, "gat_points": 256, "gat_layers": 2,
             "style_frames": 50, "speaker_encoder": "", "emotion_encoder": ""}
     spec = FlameTalkSpec.from_dict(flat)
-    assert spec == FlameTalkSpec(53, 16, 900, FlameTalkArch(dim=32, heads=2, dropout=0.0))
-    assert spec.to_dict()["arch"] == {k: flat[k] for k in ("dim", "heads", "layers", "ff_mult", "period", "dropout")}
+    # (and before the linear base they had none: base_frames 0, not today's default)
+    assert spec == FlameTalkSpec(53, 16, 900, FlameTalkArch(dim=32, heads=2, dropout=0.0, base_frames=0))
+    assert spec.to_dict()["arch"] == {**{k: flat[k] for k in ("dim", "heads", "layers", "ff_mult", "period",
+                                                              "dropout")}, "base_frames": 0}
     assert FlameTalkSpec.from_dict(spec.to_dict()) == spec  # the nested form saved now
     oldest = {"motion_dim": 53, "audio_dim": 16, "n_vertices": 900, "dim": 64}  # fields it lacks: the defaults
-    assert FlameTalkSpec.from_dict(oldest) == FlameTalkSpec(53, 16, 900)
+    assert FlameTalkSpec.from_dict(oldest) == FlameTalkSpec(53, 16, 900, FlameTalkArch(base_frames=0))
     with pytest.raises(ValueError, match="both a nested and a flat"):
         FlameTalkSpec.from_dict({**spec.to_dict(), "dim": 32})
     with pytest.raises(ValueError, match=r"--model\.dim 30 is not a multiple of --model\.heads 4"):
@@ -260,7 +323,7 @@ def test_the_flat_spec_of_older_checkpoints_loads():
     # FlameTalkArch) or nested (after it)
     pt_flat = {"ptalker": True, "n_subjects": 2, "gat_points": 32, "gat_layers": 1, "style_frames": 8,
                "speaker_encoder": "sid", "emotion_encoder": ""}
-    want = FlameTalkSpec(53, 16, 900, FlameTalkArch(dim=32, heads=2, dropout=0.0), n_subjects=2,
+    want = FlameTalkSpec(53, 16, 900, FlameTalkArch(dim=32, heads=2, dropout=0.0, base_frames=0), n_subjects=2,
                          ptalker=PTalkerArch(style_frames=8, gat_points=32, gat_layers=1, speaker_encoder="sid"))
     assert FlameTalkSpec.from_dict({**flat, **pt_flat}) == want
     assert FlameTalkSpec.from_dict({**spec.to_dict(), **pt_flat}) == want
@@ -276,7 +339,7 @@ def test_the_flat_spec_of_older_checkpoints_loads():
 
 def test_a_checkpoint_with_the_flat_spec_resumes_and_loads(tmp_path):
     subject = make_subject(tmp_path / "S", seconds=4.0)
-    cfg = dict(batch_size=2, seq_frames=16, model=FlameTalkArch(dim=16, heads=2))
+    cfg = dict(batch_size=2, seq_frames=16, model=FlameTalkArch(dim=16, heads=2, base_frames=0))  # as then
     train_talk(_config(subject, tmp_path / "t", 2, **cfg))
     path = tmp_path / "t" / "checkpoint.pt"
     state = torch.load(path, weights_only=False)
@@ -284,7 +347,7 @@ def test_a_checkpoint_with_the_flat_spec_resumes_and_loads(tmp_path):
     spec.update(spec.pop("arch"))  # as written before FlameTalkArch
     torch.save(state, path)
     talk = load_talk(tmp_path / "t")
-    assert talk.model.spec.arch == FlameTalkArch(dim=16, heads=2)
+    assert talk.model.spec.arch == FlameTalkArch(dim=16, heads=2, base_frames=0) and talk.model.base is None
     assert train_talk(_config(subject, tmp_path / "t", 3, **cfg))["resumed_from"] == 2
 
 

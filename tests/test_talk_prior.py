@@ -79,6 +79,22 @@ def test_init_refuses_a_mismatched_prior_naming_the_file(prior, tmp_path):
         train_talk(_cfg([new], tmp_path / "d", 1, init=tmp_path / "nowhere"))
 
 
+def test_the_linear_base_is_fitted_per_subject_never_taken_from_a_prior(prior, tmp_path):
+    """--model.base-frames: a prior (several subjects) leaves its linear base unfitted, adapting it fits the new
+    subject's own; a prior without a base (the default, base_frames 0) adapts with one too."""
+    root, folder = prior
+    based = FlameTalkArch(dim=32, base_frames=2)
+    meta = train_talk(_cfg([root / "S0", root / "S1"], tmp_path / "p", 2, model=based))
+    assert meta["spec"]["arch"]["base_frames"] == 2 and meta["spec"]["raw_dim"] == 80  # mel: 80 log-mel bands
+    assert not load_talk(tmp_path / "p").model.base.fitted
+    new = make_subject(tmp_path / "NEW", seconds=6.0, seed=7, amplitude=0.3)
+    for prior_folder, out in ((tmp_path / "p", "a"), (folder, "b")):
+        train_talk(_cfg([new], tmp_path / out, 2, init=prior_folder, model=based))
+        base = load_talk(tmp_path / out).model.base
+        assert base.fitted and float(base.ridge) in base.LAMBDAS
+    assert load_talk(folder).model.base is None  # the default: no base
+
+
 def test_projection_keeps_predictions_in_the_training_distribution():
     head = make_synthetic_head()
     rng = np.random.default_rng(0)

@@ -91,9 +91,17 @@ class AudioEncoder(nn.Module):
     dim: int
     spec: str
     context_samples: int | None
+    #: channels of :meth:`raw_features` (0: the encoder has none, e.g. wav2vec2 / HuBERT)
+    raw_dim: int = 0
 
     def forward(self, wave: torch.Tensor, n_frames: int, fps: float = 25.0) -> torch.Tensor:
         raise NotImplementedError
+
+    def raw_features(self, wave: torch.Tensor, n_frames: int, fps: float = 25.0) -> torch.Tensor:
+        """The fixed (not learnt) features the encoder starts from, on the same grid: (B, 2 n_frames, raw_dim) for
+        wave (B, S) (log-mel for ``mel``, phone features for ``phonetic``); FlameTalk's linear base
+        (:class:`~.model.LinearBase`) regresses motion on them."""
+        raise NotImplementedError(f"audio encoder '{self.spec}' has no raw features")
 
     def prepare(self, wave: np.ndarray | torch.Tensor, *, alone: bool = False) -> None:
         """Called once per training clip before its pieces are encoded (an encoder that decodes whole clips, like
@@ -122,6 +130,7 @@ class MelEncoder(AudioEncoder):
         self.convs = nn.Sequential(*convs[:-1])
         # STFT half-window + convolution reach (in 50 Hz steps) + interpolation step
         self.context_samples = n_fft // 2 + (layers * (kernel // 2) + 1) * SAMPLE_RATE // 50 + self.hop
+        self.raw_dim = n_mels
 
     def log_mel(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) -> log-mel (B, N, n_mels) at 100 Hz and the frame times (N,) in seconds."""
@@ -132,9 +141,13 @@ class MelEncoder(AudioEncoder):
         times = torch.arange(mel.shape[1], device=wave.device, dtype=torch.float32) * self.hop / SAMPLE_RATE
         return (torch.log(mel + self.floor) - 1.0) / 4.0, times
 
-    def forward(self, wave: torch.Tensor, n_frames: int, fps: float = 25.0) -> torch.Tensor:
+    def raw_features(self, wave: torch.Tensor, n_frames: int, fps: float = 25.0) -> torch.Tensor:
+        """The log-mel spectrogram on the half-frame grid: (B, 2 n_frames, n_mels)."""
         mel, times = self.log_mel(wave)
-        grid = interpolate_features(mel, times, feature_times(n_frames, fps, wave.device))  # (B, 2T, n_mels)
+        return interpolate_features(mel, times, feature_times(n_frames, fps, wave.device))
+
+    def forward(self, wave: torch.Tensor, n_frames: int, fps: float = 25.0) -> torch.Tensor:
+        grid = self.raw_features(wave, n_frames, fps)  # (B, 2T, n_mels)
         return self.convs(grid.transpose(1, 2)).transpose(1, 2)
 
 

@@ -10,6 +10,14 @@ size (``HeadModel.motion_dim``: expression coefficients, then the jaw axis-angle
     c = E_m^c(E_G(history)) (B, T, d) are added, O_sv = s + O_v + c; see :mod:`.ptalker`)
     TransformerDecoder(PPE(O_sv), memory, tgt_mask = biased causal mask, memory_mask = alignment mask) (B, T, d)
     --motion_out--> motion (B, T, M)   (motion is normalised by the training set's mean/std inside the model)
+    + LinearBase(raw features of frames t-W..t+W) (B, T, M)   (a closed-form ridge fit on one subject, see below)
+
+The linear base (``arch.base_frames`` = W > 0; off by default, :class:`LinearBase`): a ridge regression from the
+audio encoder's raw, unlearnt features (log-mel, phone features) of a window of frames to the motion offset from the
+mean, solved on the subject's training frames with its strength chosen by cross-validation; the transformer is
+trained on top of its cross-fitted predictions, so it learns what a linear map of the speech misses. Multi-subject
+runs (priors) leave it unfitted (zero). Measured on the four real clips (BENCHMARKS.md) it raised the mouth-opening
+correlation on three of them but the lip vertex error on all four, so it is an option, not the default.
 
 Inference (:func:`predict`, :class:`StreamingPredictor`): audio is cut into windows of ``window`` frames overlapping
 by ``overlap`` frames; each window is encoded with ``context`` frames of audio on both sides and decoded
@@ -35,7 +43,7 @@ from ..headmodel import HeadModel
 from ..io.audio import SAMPLE_RATE
 from .encoders import AudioEncoder, frames_for_samples
 
-__all__ = ["ARCH_FIELDS", "FlameTalk", "FlameTalkArch", "FlameTalkSpec", "PTALKER_FIELDS", "PTalkerArch",
+__all__ = ["ARCH_FIELDS", "FlameTalk", "FlameTalkArch", "FlameTalkSpec", "LinearBase", "PTALKER_FIELDS", "PTalkerArch",
            "StreamingPredictor", "StyleEncoder", "alibi_slopes", "alignment_mask", "biased_causal_mask", "eval_mode",
            "periodic_positional_encoding",
            "predict"]
@@ -115,6 +123,10 @@ class FlameTalkArch:
     period: int = field(default=25, metadata={"min": 1, "help": "period p of the positional encoding and the biased "
                                                                 "mask"})
     dropout: float = field(default=0.1, metadata={"min": 0, "below": 1, "help": "transformer dropout"})
+    base_frames: int = field(default=0, metadata={"min": 0, "help": "linear base (LinearBase): half-width in frames "
+                                                                    "of the raw-feature window it regresses motion "
+                                                                    "on (0: no base, the default: measured in "
+                                                                    "BENCHMARKS.md, it lost on all four real clips)"})
 
     def __post_init__(self) -> None:
         validate(self, "model.")  # the ranges in the fields' metadata
@@ -168,6 +180,7 @@ class FlameTalkSpec:
     arch: FlameTalkArch = field(default_factory=FlameTalkArch)
     n_subjects: int = 0
     ptalker: PTalkerArch | None = None
+    raw_dim: int = 0  # channels of the audio encoder's raw features (the linear base's input; 0: none)
 
     def __post_init__(self) -> None:
         if self.ptalker is not None and not isinstance(self.ptalker, PTalkerArch):
@@ -190,7 +203,8 @@ class FlameTalkSpec:
         flat = {k: saved.pop(k) for k in ARCH_FIELDS if k in saved}
         if arch is not None and flat:
             raise ValueError(f"a FlameTalk spec with both a nested and a flat architecture ({sorted(flat)})")
-        arch = FlameTalkArch(**(arch if arch is not None else flat))
+        # specs from before the linear base have none (base_frames 0), whatever today's default is
+        arch = FlameTalkArch(**{"base_frames": 0, **(arch if arch is not None else flat)})
         ptalker = saved.pop("ptalker", None)
         flat = {k: saved.pop(k) for k in PTALKER_FIELDS if k in saved}
         if isinstance(ptalker, dict):
@@ -213,6 +227,81 @@ def eval_mode(*modules: nn.Module):
     finally:
         for m, mode in zip(modules, modes):
             m.train(mode)
+
+
+class LinearBase(nn.Module):
+    """A closed-form linear regressor from the audio encoder's raw features to motion, under the transformer.
+
+    Per frame t: the raw features of its two half-frames averaged (R channels), those of frames t-W..t+W stacked
+    (R (2W+1) inputs), standardised by the training frames' mean and spread, times ``weight`` (R (2W+1), M): a motion
+    offset from the mean (motion units). :meth:`fit` solves ridge regression on one subject's training frames, the
+    ridge strength chosen by contiguous K-fold cross-validation on them (so with too little signal it chooses a
+    strong ridge and the base stays near zero). Buffers, not parameters: the optimiser never moves it; unfitted
+    (zeros) it adds nothing, as in multi-subject runs (priors), whose people do not share one linear map. The
+    transformer then learns what the base leaves (trained on its cross-fitted predictions, see
+    :func:`~.train.fit_talk`)."""
+
+    #: ridge strengths tried by :meth:`fit` (on standardised inputs and vertex-scaled targets)
+    LAMBDAS = (1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5, 1e6)
+
+    def __init__(self, raw_dim: int, motion_dim: int, frames: int) -> None:
+        super().__init__()
+        self.frames = frames
+        n = raw_dim * (2 * frames + 1)
+        self.register_buffer("x_mean", torch.zeros(n))
+        self.register_buffer("x_std", torch.ones(n))
+        self.register_buffer("weight", torch.zeros(n, motion_dim))
+        self.register_buffer("ridge", torch.zeros(()))  # the chosen strength (0: not fitted)
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.ridge > 0)
+
+    def inputs(self, raw: torch.Tensor) -> torch.Tensor:
+        """(B, 2T, R) raw features -> (B, T, R (2W+1)) stacked frame features (window edges repeat the end frames:
+        callers give the frames context beyond the ones they keep)."""
+        x = raw.unflatten(1, (-1, 2)).mean(dim=2)  # (B, T, R)
+        w = self.frames
+        if w:
+            pad = torch.cat([x[:, :1].expand(-1, w, -1), x, x[:, -1:].expand(-1, w, -1)], dim=1)
+            x = torch.cat([pad[:, k: k + x.shape[1]] for k in range(2 * w + 1)], dim=-1)
+        return x
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        """(B, 2T, R) -> (B, T, M) motion offsets from the mean."""
+        x = (self.inputs(raw) - self.x_mean) / self.x_std
+        return x @ self.weight
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor, offsets: torch.Tensor, scale: torch.Tensor, folds: int = 5) -> torch.Tensor:
+        """Fit on a subject's training frames: ``x`` (N, R (2W+1)) stacked inputs (:meth:`inputs`), ``offsets`` (N, M)
+        their motion minus the mean, ``scale`` (M,) the vertex displacement per motion unit (errors are weighed in
+        face-vertex space, as the projection does). Returns the cross-fitted offsets (N, M): each of ``folds``
+        contiguous blocks predicted by the ridge fitted on the others at the chosen strength."""
+        x, y = x.double(), (offsets * scale).double()
+        n = len(x)
+        mean, std = x.mean(0), x.std(0).clamp_min(1e-3)
+        xs = (x - mean) / std
+        blocks = [b for b in torch.tensor_split(torch.arange(n), min(folds, n)) if len(b)]
+
+        def solver(rows: torch.Tensor):
+            u, sv, vh = torch.linalg.svd(xs[rows], full_matrices=False)
+            uty = u.T @ y[rows]
+            return lambda lam: vh.T @ ((sv / (sv ** 2 + lam))[:, None] * uty)
+
+        solvers = [solver(torch.cat([o for o in blocks if o is not b])) for b in blocks] if len(blocks) > 1 else []
+        errors = [sum(float(((xs[b] @ f(lam) - y[b]) ** 2).sum()) for b, f in zip(blocks, solvers))
+                  for lam in self.LAMBDAS]
+        lam = self.LAMBDAS[int(np.argmin(errors))] if solvers else self.LAMBDAS[-1]
+        crossed = torch.zeros_like(y)
+        for b, f in zip(blocks, solvers):
+            crossed[b] = xs[b] @ f(lam)
+        weight = solver(torch.arange(n))(lam)
+        self.x_mean.copy_(mean.to(self.x_mean))
+        self.x_std.copy_(std.to(self.x_std))
+        self.weight.copy_((weight / scale.double()).to(self.weight))
+        self.ridge.fill_(lam)
+        return (crossed / scale.double()).to(offsets.dtype)
 
 
 class FlameTalk(nn.Module):
@@ -244,6 +333,14 @@ class FlameTalk(nn.Module):
         nn.init.zeros_(self.motion_out.bias)
         self.register_buffer("motion_mean", torch.zeros(spec.motion_dim))
         self.register_buffer("motion_std", torch.ones(spec.motion_dim))
+        self.base = (LinearBase(spec.raw_dim, spec.motion_dim, arch.base_frames)
+                     if spec.raw_dim > 0 and arch.base_frames > 0 and not spec.ptalker else None)
+
+    def base_motion(self, raw: torch.Tensor | None) -> torch.Tensor | None:
+        """The linear base's motion offsets (B, T, M) for raw features (B, 2T, R), None without a fitted base."""
+        if self.base is None or not self.base.fitted or raw is None:
+            return None
+        return self.base(raw.to(self.base.weight))
 
     def set_motion_stats(self, motion: torch.Tensor) -> None:
         """Normalise by the mean/std of training motion (N, M)."""
@@ -293,7 +390,7 @@ class FlameTalk(nn.Module):
         return self.ptalker.content(self.motion_mean + self.motion_std * self.history_input(history, b, t))
 
     def forward(self, feats: torch.Tensor, style: torch.Tensor, history: torch.Tensor | None,
-                content: torch.Tensor | None = None) -> torch.Tensor:
+                content: torch.Tensor | None = None, base: torch.Tensor | None = None) -> torch.Tensor:
         """One parallel pass.
 
         Args:
@@ -301,6 +398,7 @@ class FlameTalk(nn.Module):
             history: (B, T, M) motion of frames t-1 (row 0 is replaced by the start token); None = the mean motion.
             content: PTalker only, (B, T, d) :meth:`history_content` of ``history`` when the caller has it already
                 (None: computed here).
+            base: (B, T, M) the linear base's offsets (:meth:`base_motion`), added to the output (None: none).
         Returns:
             (B, T, M) motion.
         """
@@ -314,16 +412,18 @@ class FlameTalk(nn.Module):
         tgt_mask = biased_causal_mask(t, self.spec.arch.heads, self.spec.arch.period).to(x).repeat(b, 1, 1)
         mem_mask = alignment_mask(t, n2).to(x)
         h = self.decoder(x, self.audio_proj(feats), tgt_mask=tgt_mask, memory_mask=mem_mask)
-        return self.motion_mean + self.motion_std * self.motion_out(h)
+        out = self.motion_mean + self.motion_std * self.motion_out(h)
+        return out if base is None else out + base.to(out)
 
     @torch.no_grad()
-    def generate(self, feats: torch.Tensor, style: torch.Tensor, mode: str = "autoregressive") -> torch.Tensor:
+    def generate(self, feats: torch.Tensor, style: torch.Tensor, mode: str = "autoregressive",
+                 base: torch.Tensor | None = None) -> torch.Tensor:
         """Motion for (B, 2T, A) features without ground truth: ``autoregressive`` (T passes, each prediction fed
         back) or ``parallel`` (one pass, mean-motion history). Returns (B, T, M). With PTalker the motion content of
         the generated history is fed back too; E_G works frame by frame, so each history row's graph features are
-        computed once and kept."""
+        computed once and kept. ``base``: the linear base's offsets (B, T, M) (:meth:`base_motion`)."""
         if mode == "parallel":
-            return self(feats, style, None)
+            return self(feats, style, None, base=base)
         if mode != "autoregressive":
             raise ValueError(f"unknown inference mode '{mode}' (autoregressive or parallel)")
         b, t = feats.shape[0], feats.shape[1] // 2
@@ -336,7 +436,8 @@ class FlameTalk(nn.Module):
                 row = self.history_input(history[:, : i + 1], b, i + 1)[:, i:]
                 graph.append(self.ptalker.graph(self.motion_mean + self.motion_std * row))
                 content = self.ptalker.motion_content(torch.cat(graph, dim=1))
-            step = self(feats[:, : 2 * (i + 1)], style, history[:, : i + 1], content)
+            step = self(feats[:, : 2 * (i + 1)], style, history[:, : i + 1], content,
+                        None if base is None else base[:, : i + 1])
             out[:, i] = step[:, i]
             if i + 1 < t:
                 history[:, i + 1] = step[:, i]
@@ -362,6 +463,8 @@ class StreamingPredictor:
         spf = SAMPLE_RATE / fps
         ctx_samples = encoder.context_samples if encoder.context_samples is not None else SAMPLE_RATE
         self.context = int(math.ceil(ctx_samples / spf)) if context is None else context
+        if model.base is not None:  # the linear base's window reaches that far beyond a frame
+            self.context = max(self.context, model.base.frames)
         self.spf = spf
         with torch.no_grad(), eval_mode(model):
             self.style = model.base_style(template.reshape(1, -1, 3).to(self._param()), subject, reference)
@@ -390,8 +493,12 @@ class StreamingPredictor:
         wave = torch.from_numpy(self._samples(a, b))[None].to(self._param())
         with torch.no_grad(), eval_mode(self.model, self.encoder):
             feats = self.encoder(wave, end - start + 2 * c, self.fps)[:, 2 * c: 2 * (c + end - start)]
+            base = None
+            if self.model.base is not None and self.model.base.fitted:  # over the context too, then cropped
+                base = self.model.base_motion(self.encoder.raw_features(wave, end - start + 2 * c, self.fps))
+                base = base[:, c: c + end - start]
             motion = self.model.generate(feats, self.model.window_style(self.style, feats, wave, self.fps),
-                                         self.mode)[0]
+                                         self.mode, base)[0]
         return motion.float().cpu().numpy()
 
     def _blend(self, start: int, motion: np.ndarray, first: bool, last: bool) -> None:

@@ -337,6 +337,7 @@ class PhoneticEncoder(AudioEncoder):
         # decoder lookahead + kernel + convolution reach (in 50 Hz steps) + one step
         self.context_samples = int(round((lookahead_s + kernel_s) * SAMPLE_RATE)) + \
             (layers * (kernel // 2) + 1) * SAMPLE_RATE // 50
+        self.raw_dim = N_FEATURES
         self.cache_size = cache_size
         self._cache: OrderedDict[str, list[Segment]] = OrderedDict()
         self._sources: list[tuple[np.ndarray, list[Segment]]] = []
@@ -438,8 +439,11 @@ class PhoneticEncoder(AudioEncoder):
         rows = [phone_features(self.segments(w), n_frames, fps, self.kernel_s) for w in wave]
         return torch.from_numpy(np.stack(rows)).to(wave.device)
 
+    def raw_features(self, wave: torch.Tensor, n_frames: int, fps: float = 25.0) -> torch.Tensor:
+        return self.features(wave, n_frames, fps).to(next(self.parameters()).dtype)
+
     def forward(self, wave: torch.Tensor, n_frames: int, fps: float = 25.0) -> torch.Tensor:
-        grid = self.features(wave, n_frames, fps).to(next(self.parameters()).dtype)
+        grid = self.raw_features(wave, n_frames, fps)
         return self.convs(grid.transpose(1, 2)).transpose(1, 2)
 
 
@@ -451,6 +455,7 @@ class MelPhoneticEncoder(AudioEncoder):
         self.mel, self.phonetic = MelEncoder(dim), PhoneticEncoder(dim)
         self.dim, self.spec = 2 * dim, "mel+phonetic"
         self.context_samples = max(self.mel.context_samples, self.phonetic.context_samples)
+        self.raw_dim = self.mel.raw_dim + self.phonetic.raw_dim
 
     def prepare(self, wave: np.ndarray | torch.Tensor, *, alone: bool = False) -> list[Segment]:
         return self.phonetic.prepare(wave, alone=alone)
@@ -460,3 +465,8 @@ class MelPhoneticEncoder(AudioEncoder):
 
     def forward(self, wave: torch.Tensor, n_frames: int, fps: float = 25.0) -> torch.Tensor:
         return torch.cat([self.mel(wave, n_frames, fps), self.phonetic(wave, n_frames, fps)], dim=-1)
+
+    def raw_features(self, wave: torch.Tensor, n_frames: int, fps: float = 25.0) -> torch.Tensor:
+        """Log-mel and phone features side by side: (B, 2 n_frames, 80 + 55)."""
+        return torch.cat([self.mel.raw_features(wave, n_frames, fps),
+                          self.phonetic.raw_features(wave, n_frames, fps)], dim=-1)

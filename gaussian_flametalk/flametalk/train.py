@@ -28,6 +28,14 @@ in normalised units, the statistics are the person's) and adapts for ``iteration
 on a loaded 2-core machine). Test-split predictions are kept in the subject's tracked distribution (``--project``, see
 :mod:`.projection`; the setting is saved and is :func:`~.inference.load_talk`'s default).
 
+Two options for few-second subjects, measured on the real clips and off by default (BENCHMARKS.md): a linear base
+under the transformer (``--model.base-frames W``: a ridge regression from the encoder's raw features, fitted in closed
+form on one subject, :func:`fit_linear_base`; the transformer learns the rest) and early stopping on a held-out slice
+of the training frames (``--val-share``, :func:`select_iterations`).
+
+The test split is predicted from its own audio, decoded on its own (``encoder.prepare(wave, alone=True)``), as
+``gft drive`` decodes a speech file.
+
 Outputs in OUT (default: the first SUBJECT's ``talk/``), each written atomically, ``meta.json`` last:
 ``checkpoint.pt`` (every ``checkpoint_every`` iterations and at the end; a re-run resumes, and continues exactly as
 an uninterrupted run would), ``test/<subject>.npz`` (test frames: ``frames``, ``motion_pred``, ``motion_true``,
@@ -38,7 +46,11 @@ schema: config, versions, inputs, outputs, timings with it/s, figures with the f
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +59,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..atomic import save_figure, save_npz
+from ..atomic import save_figure, save_npz, write_json
 from ..config import config_to_dict, flag_name, resolve_device, validate
 from ..headmodel import HeadModel
 from ..io.lock import stage_lock
@@ -150,6 +162,11 @@ class TalkConfig:
                 "to the test-split scores and saved as the inference default"})
     pca_variance: float = field(default=0.95, metadata={"above": 0, "max": 1, "help": "--project pca: fraction of the training motion's "
                                                                 "variance the kept components explain"})
+    val_share: float = field(default=0.0, metadata={"min": 0, "below": 1, "help":
+        "early stopping (one subject): hold out this share of the training frames (the last ones), train on the rest "
+        "to --iterations, scoring the held-out LVE every --val-every iterations (and before the first), then train "
+        "on all training frames for the best count (0: off)"})
+    val_every: int = field(default=10, metadata={"min": 1, "help": "--val-share: scoring interval (iterations)"})
     init: Path | None = field(default=None, metadata={
         "help": "start from the weights of a prior (a gft train-talk folder or its checkpoint.pt, trained on other "
                 "subjects with the same head model and audio encoder) and adapt it to the SUBJECTs"})
@@ -404,21 +421,102 @@ def read_prior(path: str | Path, spec: FlameTalkSpec, cfg: TalkConfig, head: Hea
     if prior.ptalker or spec.ptalker:
         raise ValueError(f"--init {file}: priors are plain FlameTalk models (no --ptalker, neither in the prior nor "
                          f"in the adaptation)")
+    # the linear base is fitted per subject, not taken from the prior: its window and input size may differ
     diff = [f"{flag_name(k, 'model.')} {getattr(prior.arch, k)} vs {getattr(spec.arch, k)}" for k in ARCH_FIELDS
-            if getattr(prior.arch, k) != getattr(spec.arch, k)]
+            if getattr(prior.arch, k) != getattr(spec.arch, k) and k != "base_frames"]
     saved, mine = prior.to_dict(), spec.to_dict()
-    diff += [f"{k} {saved[k]} vs {mine[k]}" for k in mine if k != "arch" and saved[k] != mine[k]]
+    diff += [f"{k} {saved[k]} vs {mine[k]}" for k in mine if k not in ("arch", "raw_dim") and saved[k] != mine[k]]
     if diff:
         raise ValueError(f"--init {file}: the prior's architecture differs ({', '.join(diff)}; prior vs this run): "
                          f"use the prior's --model.* options")
     return state
 
 
+@torch.no_grad()
+def fit_linear_base(model: FlameTalk, encoder: AudioEncoder, head: HeadModel, datas: list[TalkData]
+                    ) -> list[torch.Tensor] | None:
+    """Fit the model's linear base (:class:`~.model.LinearBase`) on one subject's training frames, in closed form:
+    the raw features of the whole clip (zero audio beyond its ends, as windowed inference sees it), the targets the
+    training motion minus the model's motion mean, errors weighed by each coordinate's face-vertex displacement.
+    Returns per subject the (T, M) offsets the transformer is trained on top of: on the training frames the
+    cross-fitted ones (each block predicted without itself, so the transformer learns what the base misses on unseen
+    audio, not on the frames it was fitted to), zero elsewhere. None when the model has no base."""
+    if model.base is None or len(datas) != 1:
+        return None
+    from .projection import _vertex_scale
+
+    d = datas[0]
+    device = model.motion_mean.device
+    n = d.motion.shape[0]
+    ctx = max(_context_frames(encoder, d.fps), model.base.frames)
+    wave = audio_clip(d.wave, 0, n, ctx, d.fps).to(device)
+    with eval_mode(encoder):
+        raw = encoder.raw_features(wave[None], n + 2 * ctx, d.fps)
+    x = model.base.inputs(raw.to(model.base.weight))[0, ctx: ctx + n]
+    idx = torch.as_tensor(np.asarray(d.train_idx), dtype=torch.long, device=device)
+    offsets = d.motion.to(device)[idx] - model.motion_mean
+    crossed = model.base.fit(x[idx], offsets, _vertex_scale(head, model.motion_mean).to(device))
+    out = torch.zeros(n, d.motion.shape[1], device=device)
+    out[idx] = crossed.to(out)
+    return [out]
+
+
 def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: Path
              ) -> tuple[FlameTalk, AudioEncoder, dict]:
     """The training loop: initialise (or resume from ``out_dir/checkpoint.pt``), train to ``cfg.iterations`` and
-    checkpoint. With ``cfg.ptalker`` the subjects' order in ``datas`` is their one-hot identity.
-    Returns (model, encoder, info with history, iterations run, seconds, resumed_from)."""
+    checkpoint. With ``cfg.ptalker`` the subjects' order in ``datas`` is their one-hot identity. With
+    ``cfg.val_share`` (one subject, no PTalker) the iteration count is first chosen by early stopping
+    (:func:`select_iterations`, kept in ``out_dir/selection.json``, so a re-run reuses it).
+    Returns (model, encoder, info with history, iterations run, seconds, resumed_from; with early stopping
+    ``selection``: the held-out scores and the count chosen)."""
+    if cfg.val_share > 0 and len(datas) == 1 and not cfg.ptalker:
+        selection = select_iterations(datas[0], head, cfg, out_dir)
+        model, encoder, info = _fit(datas, head, cfg, out_dir, iterations=selection["iterations"])
+        return model, encoder, {**info, "selection": selection}
+    return _fit(datas, head, cfg, out_dir)
+
+
+def select_iterations(d: TalkData, head: HeadModel, cfg: TalkConfig, out_dir: Path) -> dict:
+    """Early stopping for one subject: train on its training frames without the last ``cfg.val_share`` of them (at
+    least one frame each way) up to ``cfg.iterations``, score the held-out frames as the test split is scored
+    (:func:`evaluate_talk`: parallel or ``cfg.infer_mode`` prediction from their audio, ``cfg.project``, LVE) before
+    the first iteration and every ``cfg.val_every``; the count with the lowest held-out LVE (the smaller on ties) is
+    the one to train all training frames for. Written to ``out_dir/selection.json`` (reused when its settings match)
+    and returned: ``{"iterations", "scores": {count: lve_mm}, "held_out_frames", ...}``."""
+    n = len(d.train_idx)
+    n_val = min(max(int(round(cfg.val_share * n)), 1), n - 2)
+    key = {"iterations_max": cfg.iterations, "val_share": cfg.val_share, "val_every": cfg.val_every,
+           "held_out_frames": n_val, "seed": cfg.seed, "init": str(cfg.init) if cfg.init is not None else None}
+    path = Path(out_dir) / "selection.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if {k: saved.get(k) for k in key} == key:
+            return saved
+    split = dataclasses.replace(d, train_idx=d.train_idx[: n - n_val], test_idx=d.train_idx[n - n_val:])
+    host = head if str(cfg.device) == "cpu" else copy.deepcopy(head).cpu()
+    ids = loss_vertex_ids(host, cfg.loss_regions)
+    scores: dict[int, float] = {}
+
+    def score(it: int, model: FlameTalk, encoder: AudioEncoder) -> None:
+        if it % cfg.val_every == 0 or it == cfg.iterations:
+            figures, _ = evaluate_talk(model, encoder, host, split, cfg, ids, cfg.infer_mode)
+            scores[it] = figures["lve_mm"]
+
+    run_cfg = dataclasses.replace(cfg, val_share=0.0, checkpoint_every=10 ** 9)
+    with tempfile.TemporaryDirectory(prefix="gft_select_") as tmp:  # its checkpoint is not kept
+        _fit([split], head, run_cfg, Path(tmp), on_step=score)
+    best = min(scores, key=lambda k: (scores[k], k))
+    result = {**key, "iterations": best, "scores": {str(k): v for k, v in sorted(scores.items())}}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_json(path, result)
+    return result
+
+
+def _fit(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: Path, *, on_step=None,
+         iterations: int | None = None) -> tuple[FlameTalk, AudioEncoder, dict]:
+    """:func:`fit_talk`'s loop, to ``iterations`` (default ``cfg.iterations``); ``on_step(count, model, encoder)``
+    after every update and once before the first (count 0), for a fresh run."""
+    iterations = cfg.iterations if iterations is None else iterations
     if cfg.ptalker:
         _check_ptalker(datas, cfg)
     device = torch.device(cfg.device)
@@ -431,7 +529,7 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
         encoder.prepare(d.wave)
     pt = cfg.pt
     spec = FlameTalkSpec(head.motion_dim, encoder.dim, head.n_vertices, cfg.model, len(datas) if cfg.ptalker else 0,
-                         pt.arch() if cfg.ptalker else None)
+                         pt.arch() if cfg.ptalker else None, encoder.raw_dim if cfg.model.base_frames else 0)
     model = FlameTalk(spec, head if cfg.ptalker else None).to(device)
     model.set_motion_stats(torch.cat([d.motion[d.train_idx] for d in datas]).to(device))
     params = [p for p in list(model.parameters()) + list(encoder.parameters()) if p.requires_grad]
@@ -453,13 +551,20 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
     objects = {"model": model, "encoder": encoder, "optimizer": optimizer}
     if state is None and cfg.init is not None:  # a fresh run from a prior: its weights (and motion statistics)
         prior = read_prior(cfg.init, spec, cfg, head)
-        model.load_state_dict(prior["model"])
+        # a prior's linear base is never fitted (multi-subject runs leave it at zero): the new subject's is fitted
+        # below, so a prior with another base window (or from before the base) is as good
+        weights = {k: v for k, v in prior["model"].items() if not k.startswith("base.")}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected or any(not k.startswith("base.") for k in missing):
+            raise ValueError(f"--init {cfg.init}: the prior's weights do not fit this model (missing {missing}, "
+                             f"unexpected {unexpected})")
         encoder.load_state_dict(prior["encoder"])
         # the prior predicts motion in normalised units (speech -> mouth, shared); the mean and spread are the
         # person's: this subject's training statistics from the start, as for a model trained on it alone
         model.set_motion_stats(torch.cat([d.motion[d.train_idx] for d in datas]).to(device))
     run = restore(state, objects, gen) if state is not None else RunState()
     resumed_from, start = run.resumed_from, run.iteration
+    bases = fit_linear_base(model, encoder, head, datas) if len(datas) == 1 else None
 
     ids = loss_vertex_ids(head, cfg.loss_regions).to(device)
     if cfg.ptalker:  # eq. 13's vertices: the loss regions and the mouth (lips), positions in their union
@@ -474,7 +579,7 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
 
     def step(it: int) -> dict:
         stage = set_stage(it) if cfg.ptalker else None
-        feats, motion, hist, shapes, refs, labels, waves = [], [], [], [], [], [], []
+        feats, motion, hist, shapes, refs, labels, waves, base = [], [], [], [], [], [], [], []
         for _ in range(cfg.batch_size):
             si = int(torch.randint(len(datas), (1,), generator=gen))
             d = datas[si]
@@ -484,6 +589,8 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
             wave = audio_clip(d.wave, s, s + length, ctx, d.fps).to(device)
             feats.append(encoder(wave[None], length + 2 * ctx, d.fps)[0, 2 * ctx: 2 * (ctx + length)])
             m = d.motion[s: s + length].to(device)
+            if bases is not None:
+                base.append(bases[si][s: s + length])
             h = torch.cat([m[:1], m[:-1]])
             drop = torch.rand(length, 1, generator=gen).to(device) < cfg.history_dropout
             hist.append(torch.where(drop, model.motion_mean.expand_as(h), h))
@@ -499,6 +606,7 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
         if len(lengths) > 1:  # subjects with fewer training frames than seq_frames: crop to the shortest
             k = min(lengths)
             feats, motion, hist = [f[: 2 * k] for f in feats], [m[:k] for m in motion], [h[:k] for h in hist]
+            base = [b[:k] for b in base]
         templates = torch.stack([d.template for d in shapes]).to(device)
         terms: dict[str, torch.Tensor] = {}
         if cfg.ptalker:
@@ -514,7 +622,7 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
             return _ptalker_update(pred, motion, shapes, terms, stage)
         else:
             style = model.style(templates)
-        pred = model(torch.stack(feats), style, torch.stack(hist))
+        pred = model(torch.stack(feats), style, torch.stack(hist), base=torch.stack(base) if base else None)
         loss = pred.new_zeros(())
         for i, d in enumerate(shapes):
             vp = motion_vertices(head, pred[i: i + 1], d.shape.to(device), ids) * 1000
@@ -526,6 +634,8 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if on_step is not None:
+            on_step(it + 1, model, encoder)
         return {"loss": float(loss.item())}
 
     def _ptalker_update(pred: torch.Tensor, motion: list[torch.Tensor], shapes: list[TalkData],
@@ -544,13 +654,15 @@ def fit_talk(datas: list[TalkData], head: HeadModel, cfg: TalkConfig, out_dir: P
         return {"loss": float(loss.item()), "stage": stage, "motion": float(l_motion.item()),
                 **{k: float(v.item()) for k, v in {**parts, **terms}.items()}}
 
-    run = run_training(ckpt, run, cfg.iterations, step, lambda: objects, gen, checkpoint_every=cfg.checkpoint_every,
+    if on_step is not None and start == 0:
+        on_step(0, model, encoder)
+    run = run_training(ckpt, run, iterations, step, lambda: objects, gen, checkpoint_every=cfg.checkpoint_every,
                        extra=lambda it: {"config": config_to_dict(cfg)}, desc="train-talk", progress=cfg.progress)
     if cfg.ptalker:
         set_stage(pt.stage_switch)  # leave every group trainable
     model.eval()
     encoder.eval()
-    return model, encoder, {"history": run.history, "iterations_run": max(cfg.iterations - start, 0),
+    return model, encoder, {"history": run.history, "iterations_run": max(iterations - start, 0),
                             "train_seconds": run.train_seconds, "resumed_from": resumed_from, "spec": spec.to_dict()}
 
 
@@ -609,6 +721,7 @@ def _train_talk(cfg: TalkConfig, subjects: list[Subject], head: HeadModel, datas
         extra={"subjects": [str(s.root) for s in subjects], "head_model": subjects[0].meta["head_model"],
                "fps": datas[0].fps, "spec": info["spec"], "iterations": cfg.iterations,
                "iterations_run": info["iterations_run"], "resumed_from": info["resumed_from"], "test": results,
+               **({"selection": info["selection"]} if "selection" in info else {}),
                **({"style_space": space} if space is not None else {})}))
 
 
