@@ -114,20 +114,10 @@ def _classes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return dark, teeth, background
 
 
-def test_mouth_box_weights_the_loss_inside_the_lips_box_only():
-    """`mouth_box` bounds the lip landmarks with a quarter of their size as margin, clipped to the image, and
-    `TrainData.mouth_weights` gives the pixels inside it weight 1 + w_mouth, the rest 1."""
+def test_mouth_box_bounds_the_lips_with_a_margin_inside_the_image():
+    """`mouth_box` (the mouth-box PSNR's region) bounds the lip landmarks with a quarter of their size as margin,
+    clipped to the image."""
     from gaussian_flametalk.avatar.train import mouth_box
 
     xy = torch.tensor([[[10.0, 20.0], [30.0, 28.0]], [[-4.0, 50.0], [12.0, 70.0]]])  # two frames, two points each
-    boxes = mouth_box(xy, 64, 64)
-    assert boxes.tolist() == [[5, 18, 35, 30], [0, 45, 16, 64]]
-    n = 2
-    data = TrainData(torch.zeros(n, SIZE, SIZE, 3, dtype=torch.uint8), torch.ones(n, SIZE, SIZE, 1, dtype=torch.bool),
-                     HeadParams.zeros(make_synthetic_head(), n), _camera(), np.array([0]), np.array([1]),
-                     mouth_boxes=boxes)
-    w = data.mouth_weights(torch.tensor([1, 0]), 2.0, "cpu")
-    assert w.shape == (2, SIZE, SIZE, 1)
-    assert torch.all(w[1, 18:30, 5:35] == 3.0) and float(w[1].sum()) == SIZE * SIZE + 2.0 * 12 * 30
-    assert torch.all(w[0, 45:, :16] == 3.0) and float(w[0].sum()) == SIZE * SIZE + 2.0 * 19 * 16
-    assert data.mouth_weights(torch.tensor([0]), 0.0, "cpu") is None
+    assert mouth_box(xy, 64, 64).tolist() == [[5, 18, 35, 30], [0, 45, 16, 64]]

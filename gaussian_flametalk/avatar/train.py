@@ -9,10 +9,6 @@ parameters: ``w_position * mean(relu(|xyz| - threshold_position))`` and
 ``w_scale * mean(relu(exp(log_scale) - threshold_scale))`` (both in triangle-scale units), plus
 ``w_alpha`` times the L1 between the rendered alpha and the person mask over the same pixels: a dark Gaussian
 floating outside the person costs nothing against the black target, but would show over the background plate.
-The pixels in the box around the mouth (:func:`mouth_box`, from the tracked mesh's lip landmarks) weigh
-``1 + w_mouth`` in the photometric terms: lips, teeth and mouth interior are a few percent of the head's pixels but
-what a talking avatar is judged by. Frames are drawn by a :mod:`.sampling` strategy: ``balanced`` draws
-frames with a rare mouth or eye opening (teeth bared, lids shut) more often than uniform sampling would.
 
 Optimised: the Gaussians (Adam, the 3DGS learning rates; the position rate is ``position_lr * extent`` metres per
 step, converted to triangle units by the mean triangle scale, and decays exponentially to ``position_lr_final``
@@ -35,7 +31,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -63,7 +58,6 @@ from .gaussians import (
     save_ply,
 )
 from .rasterize import render
-from .sampling import face_state_features, make_sampler
 from .schedule import Schedule, resolve_schedule
 from .strategy import DefaultStrategy
 
@@ -114,11 +108,6 @@ class AvatarConfig:
     iterations: int = field(default=3000, metadata={"min": 1, "help": "total training iterations (a re-run resumes)"})
     resolution: int = field(default=256, metadata={"min": 16, "help": "training image size (frames are resized)"})
     batch_size: int = field(default=1, metadata={"min": 1, "help": "frames per iteration"})
-    frame_sampling: Literal["uniform", "balanced"] = field(default="uniform", metadata={
-        "help": "how training frames are drawn: uniform, or balanced (frames with a rare mouth / eye opening more "
-                "often: teeth and closed lids get trained)"})
-    balance_mix: float = field(default=0.5, metadata={"min": 0, "max": 1,
-        "help": "balanced sampling: share of the draws that follow the rarity weights (the rest are uniform)"})
     device: str = field(default="auto", metadata={"help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     regions: tuple[str, ...] = field(default=("face", "lips", "eyes", "scalp", "neck", *MOUTH_REGION_NAMES),
@@ -143,9 +132,6 @@ class AvatarConfig:
     w_alpha: float = field(default=0.1, metadata={"min": 0, 
         "help": "weight of the L1 between the rendered alpha and the person mask (keeps dark Gaussians, invisible over "
                 "the black training background, off the composited background)"})
-    w_mouth: float = field(default=0.0, metadata={"min": 0,
-        "help": "extra weight of the pixels in the box around the mouth landmarks in the photometric loss (they weigh "
-                "1 + this)"})
     w_position: float = field(default=0.01, metadata={"min": 0, "help": "local position regulariser weight"})
     threshold_position: float = field(default=1.0, metadata={"min": 0, "help": "local |xyz| allowed without penalty"})
     w_scale: float = field(default=1.0, metadata={"min": 0, "help": "local scale regulariser weight"})
@@ -186,10 +172,6 @@ class TrainData:
         train_idx, test_idx: frame indices (the test frames are never trained on).
         masks: (T, H, W, 1) uint8 person masks (255 = person), the silhouette the rendered alpha should match where
             the weight is on; None = no silhouette loss.
-        mouth_boxes: (T, 4) int64 boxes ``x0, y0, x1, y1`` (pixels, end exclusive) around the tracked mouth
-            (:func:`mouth_box`); None = no mouth weighting.
-        face_states: (T, 2) float64 mouth and eye opening of the tracked mesh (:func:`.sampling.face_state_features`),
-            for balanced frame sampling; None = uniform.
     """
 
     targets: torch.Tensor
@@ -199,26 +181,12 @@ class TrainData:
     train_idx: np.ndarray
     test_idx: np.ndarray
     masks: torch.Tensor | None = None
-    mouth_boxes: torch.Tensor | None = None
-    face_states: np.ndarray | None = None
 
     def batch(self, idx: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W, 3) float targets and (B, H, W, 1) float weights of frames ``idx``."""
         t = self.targets[idx].to(device).float() / 255.0
         w = self.weights[idx].to(device).float()
         return t, w / 255.0 if self.weights.dtype == torch.uint8 else w
-
-    def mouth_weights(self, idx: torch.Tensor, extra: float, device: torch.device | str) -> torch.Tensor | None:
-        """(B, H, W, 1) factors: ``1 + extra`` inside frame ``idx``'s mouth box, 1 elsewhere (None without boxes)."""
-        if self.mouth_boxes is None or extra == 0:
-            return None
-        h, w = self.targets.shape[1:3]
-        b = self.mouth_boxes[idx].to(device)
-        ys = torch.arange(h, device=device).view(1, h, 1)
-        xs = torch.arange(w, device=device).view(1, 1, w)
-        inside = ((xs >= b[:, 0, None, None]) & (xs < b[:, 2, None, None])
-                  & (ys >= b[:, 1, None, None]) & (ys < b[:, 3, None, None]))
-        return (1.0 + extra * inside.float())[..., None]
 
     def silhouette(self, idx: torch.Tensor, device: torch.device | str) -> torch.Tensor | None:
         """(B, H, W, 1) float person masks in [0, 1] of frames ``idx`` (None without masks)."""
@@ -328,11 +296,7 @@ def load_training_data(subject: Subject, model: HeadModel, triangles: torch.Tens
     camera = scaled_camera(subject.camera(), size)
     used = torch.unique(model.faces[triangles])
     verts = posed_vertices(model, params)
-    landmarks = model.landmarks(verts)
-    cuts = torso_cut_rows(verts[:, used], camera, landmarks).numpy()
-    points = camera.project(landmarks)
-    boxes = mouth_box(points[:, list(MOUTH_LANDMARKS)], camera.width, camera.height)
-    states = face_state_features(points)
+    cuts = torso_cut_rows(verts[:, used], camera, model.landmarks(verts)).numpy()
     del verts
     black = np.zeros(3, dtype=np.float32)
     targets, weights, masks = [], [], []
@@ -345,7 +309,7 @@ def load_training_data(subject: Subject, model: HeadModel, triangles: torch.Tens
         masks.append(torch.from_numpy((mask * 255.0).round().astype(np.uint8))[..., None])
     train_idx, test_idx = subject.split()
     return TrainData(torch.stack(targets), torch.stack(weights), params, camera, train_idx, test_idx,
-                     torch.stack(masks), boxes, states)
+                     torch.stack(masks))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -512,18 +476,16 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
                                d.max_size * cfg.extent)
     stats = strategy.initialize_state(gaussians)
     run = restore(state, {"frames": frames, "optimizer": optimizer, "stats": stats}, gen) if state else RunState()
-    sampler = make_sampler(cfg.frame_sampling, data.train_idx, data.face_states, cfg.balance_mix)
+    train_idx = torch.as_tensor(data.train_idx, dtype=torch.long)
 
     def step(it: int) -> dict | None:
         for group in optimizer.param_groups:
             if group["name"] == "xyz":
                 group["lr"] = _position_lr(cfg, it, k_mean)
-        sel = sampler.draw(cfg.batch_size, gen)
+        sel = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), generator=gen)]
         target, weight = data.batch(sel, device)
         image, alpha, info = render_frames(gaussians, model, frames.gather(sel), camera, schedule.sh_degree(it))
-        mouth = data.mouth_weights(sel, cfg.w_mouth, device)
-        photo_weight = weight if mouth is None else weight * mouth
-        photo = (1 - cfg.w_ssim) * l1(image, target, photo_weight) + cfg.w_ssim * (1 - ssim(image, target, photo_weight))
+        photo = (1 - cfg.w_ssim) * l1(image, target, weight) + cfg.w_ssim * (1 - ssim(image, target, weight))
         loss = photo + regularisers(gaussians, cfg)
         silhouette = data.silhouette(sel, device)
         if silhouette is not None and cfg.w_alpha > 0:
