@@ -9,6 +9,9 @@ parameters: ``w_position * mean(relu(|xyz| - threshold_position))`` and
 ``w_scale * mean(relu(exp(log_scale) - threshold_scale))`` (both in triangle-scale units), plus
 ``w_alpha`` times the L1 between the rendered alpha and the person mask over the same pixels: a dark Gaussian
 floating outside the person costs nothing against the black target, but would show over the background plate.
+With ``random_background`` every iteration puts target and render over one random colour instead of black (the
+target by the person mask, the render by its alpha), so a dark, half-transparent fringe along the outline, which
+black hides, costs as much as it shows over the plate.
 
 Optimised: the Gaussians (Adam, the 3DGS learning rates; the position rate is ``position_lr * extent`` metres per
 step, converted to triangle units by the mean triangle scale, and decays exponentially to ``position_lr_final``
@@ -132,6 +135,8 @@ class AvatarConfig:
     w_alpha: float = field(default=0.1, metadata={"min": 0, 
         "help": "weight of the L1 between the rendered alpha and the person mask (keeps dark Gaussians, invisible over "
                 "the black training background, off the composited background)"})
+    random_background: bool = field(default=False, metadata={
+        "help": "train over a random background colour per iteration instead of black (needs the person masks)"})
     w_position: float = field(default=0.01, metadata={"min": 0, "help": "local position regulariser weight"})
     threshold_position: float = field(default=1.0, metadata={"min": 0, "help": "local |xyz| allowed without penalty"})
     w_scale: float = field(default=1.0, metadata={"min": 0, "help": "local scale regulariser weight"})
@@ -485,9 +490,13 @@ def fit_avatar(data: TrainData, model: HeadModel, cfg: AvatarConfig, out_dir: Pa
         sel = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), generator=gen)]
         target, weight = data.batch(sel, device)
         image, alpha, info = render_frames(gaussians, model, frames.gather(sel), camera, schedule.sh_degree(it))
+        silhouette = data.silhouette(sel, device)
+        if cfg.random_background and silhouette is not None:
+            bg = torch.rand(3, generator=gen).to(device)
+            target = target + (1 - silhouette) * bg
+            image = image + (1 - alpha) * bg
         photo = (1 - cfg.w_ssim) * l1(image, target, weight) + cfg.w_ssim * (1 - ssim(image, target, weight))
         loss = photo + regularisers(gaussians, cfg)
-        silhouette = data.silhouette(sel, device)
         if silhouette is not None and cfg.w_alpha > 0:
             loss = loss + cfg.w_alpha * l1(alpha, silhouette, weight)
         optimizer.zero_grad(set_to_none=True)
