@@ -24,7 +24,7 @@ from gaussian_flametalk.tracking.landmarks import (
     interpolate_missing,
     make_detector,
 )
-from gaussian_flametalk.tracking.masks import ForegroundSegmenter, segment_clip
+from gaussian_flametalk.tracking.masks import ForegroundSegmenter, largest_component, segment_clip
 from gaussian_flametalk.io.media import iter_frames, probe_video, write_video
 
 skdata = pytest.importorskip("skimage.data")
@@ -243,6 +243,47 @@ def test_foreground_mask(astronaut):
         masks = segment_clip([astronaut] * 3, seg, progress=False)
     assert masks.shape == (3, 512, 512) and masks.dtype == np.uint8
     np.testing.assert_allclose(masks[0] / 255.0, mask, atol=1 / 255 + 1e-6)
+
+
+def test_largest_component_drops_detached_blobs():
+    """A person (disc over a torso block, feathered edge) and a detached blob: the blob goes, the person and its
+    soft edge stay; a mask of one region comes back unchanged."""
+    import cv2
+
+    yy, xx = np.mgrid[0:128, 0:128]
+    person = (((yy - 50) ** 2 + (xx - 60) ** 2) < 30 ** 2) | ((yy > 80) & (xx > 20) & (xx < 100))
+    blob = ((yy - 40) ** 2 + (xx - 120) ** 2) < 6 ** 2
+    soft = cv2.GaussianBlur((person | blob).astype(np.float32), (0, 0), 1.0)
+    out = largest_component(soft)
+    assert out.dtype == np.float32
+    assert out[blob].max() == 0.0
+    np.testing.assert_array_equal(out[person], soft[person])
+    edge = (soft > 0.02) & (soft < 0.5) & ~blob & (np.abs(xx - 120) > 10)  # the person's feathered edge
+    np.testing.assert_array_equal(out[edge], soft[edge])
+    alone = cv2.GaussianBlur(person.astype(np.float32), (0, 0), 1.0)
+    np.testing.assert_array_equal(largest_component(alone), alone)
+    np.testing.assert_array_equal(largest_component(np.zeros((8, 8), np.float32)), np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="components"):
+        ForegroundSegmenter(components="biggest")
+
+
+@pytest.mark.shared
+def test_mask_keeps_the_person_not_the_flag(shared_dir):
+    """v4 (the Oval Office): the segmenter takes part of the flag right of the head for a person; the default mask
+    keeps only the person (one region), the raw one has the flag."""
+    import cv2
+
+    path = shared_dir / "data" / "videos" / "v4_trump_oval_office_10s.mp4"
+    frames = [f for i, f in enumerate(iter_frames(path, fps=5.0)) if i in (30, 45)]
+    with ForegroundSegmenter(components="all") as raw, ForegroundSegmenter() as seg:
+        for f in frames:
+            f = cv2.resize(f[:, f.shape[1] // 2 - f.shape[0] // 2:][:, :f.shape[0]], (256, 256))
+            m_raw, m = raw.segment(f), seg.segment(f)
+            n_raw = cv2.connectedComponents((m_raw >= 0.5).astype(np.uint8))[0] - 1
+            n = cv2.connectedComponents((m >= 0.5).astype(np.uint8))[0] - 1
+            assert n_raw >= 2 and n == 1
+            assert (m_raw >= 0.5).sum() - (m >= 0.5).sum() >= 50  # flag pixels dropped
+            assert m[100:160, 100:156].mean() > 0.9  # the face stays
 
 
 # ---------------------------------------------------------------------------------------------- real videos

@@ -55,6 +55,9 @@ class TrackConfig(FitConfig):
         "help": "landmark detector (face-alignment downloads its weights on first use)"})
     device: str = field(default="auto", metadata={
         "help": "torch device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N"})
+    mask_components: Literal["largest", "all"] = field(default="largest", metadata={
+        "help": "person mask: keep only its largest connected region (drops background objects the segmenter "
+                "takes for a person, e.g. a flag beside the head) or all of it"})
     overlay: bool = field(default=True, metadata={"help": "write overlay.mp4 (mesh and landmarks over the frames)"})
     force: bool = field(default=False, metadata={"help": "redo a SUBJECT folder that is already complete"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
@@ -70,7 +73,7 @@ def _log(msg: str) -> None:
 
 def _detection_pass(cfg: TrackConfig, writer: SubjectWriter, crop, n_expected: int) -> ClipLandmarks:
     """Stream the cropped frames once: save frames and masks, detect landmarks. Returns the raw detections."""
-    segmenter = ForegroundSegmenter()
+    segmenter = ForegroundSegmenter(components=cfg.mask_components)
 
     def frames():
         for i, frame in enumerate(iter_frames(cfg.video, fps=cfg.fps, crop=crop, size=cfg.resolution)):
