@@ -69,3 +69,63 @@ def test_silent_video_with_audio_file_becomes_a_subject_with_that_sound(tmp_path
     out2 = tmp_path / "s2"
     track(_cfg(silent, out2, shared_dir, overlay=False))
     assert Subject.open(out2).audio_path is None and not (out2 / "audio.wav").exists()
+
+
+# ------------------------------------------------------------------------------------------------ --audio-offset
+
+def test_bad_audio_offset_fails_in_one_line_naming_the_option(tmp_path, pattern, capsys):
+    for bad, why in (("soon", "neither auto nor a number"), ("3", "out of range"), ("nan", "out of range"),
+                     ("-inf", "out of range")):
+        with pytest.raises(ValueError, match=f"--audio-offset: '{bad}' is {why}"):
+            _cfg(pattern, tmp_path / "s", audio_offset=bad)
+        assert gft.main(["track", str(pattern), "--out", str(tmp_path / "s"), f"--audio-offset={bad}",
+                         "--head-model", "synthetic"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--audio-offset" in err[0] and bad in err[0], err
+    assert not (tmp_path / "s").exists()
+    for good in ("auto", "AUTO", "0", "-0.04", "2"):
+        assert _cfg(pattern, tmp_path / "s", audio_offset=good).audio_offset == good
+
+
+def test_planted_delay_of_a_separate_sound_is_found_and_removed(tmp_path, shared_dir):
+    """v4's first 8 s without sound, and its own sound 120 ms late as a separate file (3 frames at 25 fps): the
+    default (auto with --audio) finds the delay within a frame and writes the sound advanced by exactly the samples
+    it records, so the lips and the sound line up again (the sync score of the written audio peaks at 0 +-1 frame,
+    that of the file given at +3 +-1)."""
+    from gaussian_flametalk.eval.av_offset import shift_wave
+    from gaussian_flametalk.eval.lipsync import envelope_sync, mouth_opening, speech_envelope
+
+    src = shared_dir / "data/videos/v4_trump_oval_office_10s.mp4"
+    silent = tmp_path / "silent.mp4"
+    _ffmpeg("-i", str(src), "-t", "8", "-an", "-c:v", "copy", str(silent))
+    own = load_audio(src)[: 8 * SAMPLE_RATE]
+    late = save_wav(tmp_path / "late.wav", shift_wave(own, -0.120))  # 1920 samples of silence first
+    out = tmp_path / "s"
+    # landmark detection is what the estimate uses: a cheap fit (synthetic head, few iterations) is enough here
+    track(_cfg(silent, out, overlay=False, audio=late, resolution=256, rigid_iters=5, full_iters=2,
+               smooth_iters=5))
+    subject = Subject.open(out)
+    rec = subject.meta["audio_offset"]
+    assert rec["requested"] == "auto" and rec["default"] and rec["estimate"]["reliable"], rec
+    # v4's own sound is estimated +15..+25 ms (in sync: the lips lead the sound); 120 ms planted on top
+    assert abs(rec["applied_s"] - 0.120) <= 0.040 + 0.025, rec
+    assert rec["applied_samples"] == round(rec["applied_s"] * SAMPLE_RATE) == rec["estimate"]["samples"]
+    got, given = load_audio(subject.audio_path), load_audio(late)
+    assert got.size == given.size
+    want = shift_wave(given, rec["applied_s"])
+    assert np.abs(got - want).max() < 2e-4  # sample exact: the given samples, advanced
+    assert np.abs(got[-rec["applied_samples"]:]).max() == 0  # silence fills the end
+    with np.load(out / "landmarks.npz") as z:
+        opening = mouth_opening(np.where(z["found"][:, None, None], z["points68"], np.nan))
+    T, fps = len(opening), subject.fps
+    assert abs(envelope_sync(opening, speech_envelope(got, T, fps), fps)["offset"]) <= 1
+    assert abs(envelope_sync(opening, speech_envelope(given, T, fps), fps)["offset"] - 3) <= 1
+
+    # a fixed offset is applied as given, sample exact; 0 keeps the file's samples
+    out2 = tmp_path / "s2"
+    track(_cfg(silent, out2, overlay=False, audio=late, audio_offset="-0.0503", resolution=256, rigid_iters=5,
+               full_iters=2, smooth_iters=5))
+    rec2 = Subject.open(out2).meta["audio_offset"]
+    assert rec2["applied_samples"] == -805 and "estimate" not in rec2 and not rec2["default"]
+    got2 = load_audio(Subject.open(out2).audio_path)
+    assert np.abs(got2 - shift_wave(given, -805 / SAMPLE_RATE)).max() < 2e-4 and np.abs(got2[:805]).max() == 0

@@ -3,9 +3,11 @@
 Steps, each with progress: probe the video; scan it for faces at a low rate to choose ONE fixed square crop
 for the whole clip (a per-frame crop alone makes wobble) and to reject clips with no face or several; extract
 the sound (the video's own, or the file of ``--audio``, checked first) as 16 kHz mono; stream the cropped, resized
-frames at the target fps once, saving each frame and its foreground mask and detecting its landmarks; fit the head
-model to the landmarks (``fit.py``); draw the overlay video. Everything is written under ``SUBJECT.partial/`` and renamed to ``SUBJECT`` at the end; a
-re-run reuses a finished detection pass found there.
+frames at the target fps once, saving each frame and its foreground mask and detecting its landmarks; line the sound
+up with the detected lips (``--audio-offset``: by default estimated for an ``--audio`` file, see
+:mod:`..eval.av_offset`); fit the head model to the landmarks (``fit.py``); draw the overlay video. Everything is
+written under ``SUBJECT.partial/`` and renamed to ``SUBJECT`` at the end; a re-run reuses a finished detection pass
+found there.
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ class TrackConfig(FitConfig):
         "help": "the clip's sound from a separate file (any audio or video file ffmpeg reads), written as the "
                 "SUBJECT's audio.wav in place of the video's own sound; its length must match the video's "
                 "within 0.5 s"})
+    audio_offset: str | None = field(default=None, metadata={
+        "help": "how late the sound is against the lips, removed by shifting audio.wav at constant length (sample "
+                "exact; silence fills the end or the start): auto (estimated from the tracked mouth opening and "
+                "the speech, applied only beyond 45 ms and when the sync peak is clear), or seconds (> 0: the "
+                "sound is late and is advanced; < 0: early; 0: as it is; at most 2). Default: auto with --audio, "
+                "0 for the video's own sound"})
     head_model: str = field(default="ict", metadata={"help": "flame:PATH | ict:PATH | synthetic (flame/ict alone read GFT_FLAME/GFT_ICT)"})
     n_shape: int | None = field(default=None, metadata={"min": 0, "help": "identity components to fit (default: FLAME 300, all ICT modes)"})
     fps: float = field(default=25.0, metadata={"above": 0, "help": "frame rate to resample the video to"})
@@ -64,7 +72,27 @@ class TrackConfig(FitConfig):
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.audio_offset is not None:
+            parse_audio_offset(self.audio_offset)
         self.device = resolve_device(self.device)
+
+
+#: the largest ``--audio-offset`` in seconds (auto searches +-0.6 s; ``--audio`` lengths match within 0.5 s)
+MAX_AUDIO_OFFSET_S = 2.0
+
+
+def parse_audio_offset(value: str | float) -> float | None:
+    """``--audio-offset``: None for ``auto``, else the seconds; ValueError naming the option for anything else."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--audio-offset: {value!r} is neither auto nor a number of seconds") from None
+    if not abs(seconds) <= MAX_AUDIO_OFFSET_S:
+        raise ValueError(f"--audio-offset: {value!r} is out of range (allowed: auto, or seconds within "
+                         f"+-{MAX_AUDIO_OFFSET_S:g})")
+    return seconds
 
 
 def _log(msg: str) -> None:
@@ -153,6 +181,43 @@ def _separate_audio(cfg: TrackConfig, info: VideoInfo) -> np.ndarray:
     return wave
 
 
+def _align_audio(cfg: TrackConfig, audio: Path, clip: ClipLandmarks, wave: np.ndarray | None) -> dict:
+    """``--audio-offset``: shift the written ``audio`` (the samples of ``--audio`` when given, else the file) so the
+    sound lines up with the detected lips; returns what meta.json records (``applied_s`` / ``applied_samples``: the
+    shift, > 0 advanced; for auto the estimate and why it was or was not applied)."""
+    spec = cfg.audio_offset if cfg.audio_offset is not None else ("auto" if cfg.audio is not None else "0")
+    seconds = parse_audio_offset(spec)
+    record: dict = {"requested": spec, "default": cfg.audio_offset is None}
+    if wave is None and seconds != 0:
+        wave = load_audio(audio, allow_silent=True)
+    if seconds is None:
+        from ..eval.av_offset import auto_offset, estimate_audio_offset
+        from ..eval.lipsync import mouth_opening
+
+        points = np.where(clip.found[:, None, None], clip.points68, np.nan)
+        try:
+            estimate = estimate_audio_offset(mouth_opening(points), wave, cfg.fps)
+        except ValueError as e:  # too few frames with a face for the search
+            estimate, (seconds, why) = None, (0.0, f"not estimated: {e}")
+        else:
+            seconds, why = auto_offset(estimate)
+        record.update(estimate=estimate, decision=why)
+        found = (f"estimated {1000 * estimate['offset_s']:+.0f} ms (envelope {estimate['envelope_offset']:+d}, "
+                 f"phonetic {'-' if estimate['phonetic_offset'] is None else format(estimate['phonetic_offset'], '+d')}"
+                 f" frames; confidence {estimate['confidence']:.2f})" if estimate is not None else "")
+        _log(f"audio offset auto: {found}{'; ' if found else ''}{why}")
+    samples = int(round(seconds * SAMPLE_RATE))
+    if samples:
+        from ..eval.av_offset import shift_wave
+
+        save_wav(audio, shift_wave(wave, seconds))
+    record.update(applied_s=samples / SAMPLE_RATE, applied_samples=samples)
+    if spec != "0":
+        _log(f"audio offset applied: {1000 * samples / SAMPLE_RATE:+.1f} ms ({samples:+d} samples; "
+             + ("the sound advanced)" if samples > 0 else "the sound delayed)" if samples < 0 else "the sound as it is)"))
+    return record
+
+
 #: the shortest clip ``gft track`` accepts, in frames at the target fps (its last 20 % are the avatar's test split)
 MIN_FRAMES = 10
 
@@ -197,6 +262,7 @@ def _track(cfg: TrackConfig, out: Path, info: VideoInfo, model: HeadModel, t_all
     timings["detect_s"] = time.perf_counter() - t0
     T = len(clip)
     check_faces(clip, cfg.video)
+    audio_offset = _align_audio(cfg, audio, clip, wave) if has_audio else None
     filled = interpolate_missing(clip)
     _log(f"{T} frames; face found in {int(clip.found.sum())} ({100 * clip.found.mean():.1f} %)")
 
@@ -241,7 +307,8 @@ def _track(cfg: TrackConfig, out: Path, info: VideoInfo, model: HeadModel, t_all
         timings=timings, figures=figures,
         extra={"head_model": {"spec": cfg.head_model, "kind": model.kind, "n_shape": model.n_shape,
                               "n_expression": model.n_expression},
-               "n_frames": T, "fps": cfg.fps, "resolution": cfg.resolution, "has_audio": has_audio}))
+               "n_frames": T, "fps": cfg.fps, "resolution": cfg.resolution, "has_audio": has_audio}
+        | ({"audio_offset": audio_offset} if audio_offset is not None else {})))
     _log(f"wrote {out} in {timings['total_s']:.0f} s")
     return out
 
