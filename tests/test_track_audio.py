@@ -9,7 +9,8 @@ import pytest
 from gaussian_flametalk.io.audio import SAMPLE_RATE, AudioError, load_audio, save_wav
 from gaussian_flametalk.io.subject import Subject
 from gaussian_flametalk.scripts import gft
-from gaussian_flametalk.tracking.track import track
+from gaussian_flametalk.pipeline.track import track  # gft track: the stage with the sync estimate
+from gaussian_flametalk.tracking import track as stage
 
 from test_track import _cfg, _ffmpeg
 
@@ -82,6 +83,14 @@ def test_bad_audio_offset_fails_in_one_line_naming_the_option(tmp_path, pattern,
                          "--head-model", "synthetic"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--audio-offset" in err[0] and bad in err[0], err
+    # the tracking stage alone has no sync estimate (eval sits above it): auto is refused before any work, a fixed
+    # offset is not
+    wav = save_wav(tmp_path / "tone.wav", _tone(2.0))
+    for cfg in (_cfg(pattern, tmp_path / "s", audio=wav), _cfg(pattern, tmp_path / "s", audio_offset="auto")):
+        with pytest.raises(ValueError, match="--audio-offset auto needs the sync estimate"):
+            stage.track(cfg)
+    with pytest.raises(Exception, match="face"):  # past the offset check: the pattern has no face
+        stage.track(_cfg(pattern, tmp_path / "s", audio=wav, audio_offset="0.1"))
     assert not (tmp_path / "s").exists()
     for good in ("auto", "AUTO", "0", "-0.04", "2"):
         assert _cfg(pattern, tmp_path / "s", audio_offset=good).audio_offset == good

@@ -36,26 +36,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .lipsync import envelope_sync, speech_envelope
+from ..io.audio import SAMPLE_RATE
+from ..tracking import track as _track
+from .lipsync import envelope_sync, mouth_opening, speech_envelope
 
-__all__ = ["auto_offset", "estimate_audio_offset", "shift_wave"]
-
-SAMPLE_RATE = 16000
+__all__ = ["auto_offset", "describe", "estimate_audio_offset", "offset_for_tracking", "shift_wave"]
 
 
 def shift_wave(wave: np.ndarray, offset_s: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """The wave advanced by ``offset_s`` seconds (> 0: a late sound made earlier; < 0: delayed), same length:
-    ``out[i] = wave[i + n]`` with ``n = round(offset_s * sample_rate)``, zeros where ``i + n`` is outside."""
-    x = np.asarray(wave)
-    n = int(round(offset_s * sample_rate))
-    out = np.zeros_like(x)
-    if abs(n) >= x.size:
-        return out
-    if n >= 0:
-        out[: x.size - n] = x[n:]
-    else:
-        out[-n:] = x[: x.size + n]
-    return out
+    ``out[i] = wave[i + n]`` with ``n = round(offset_s * sample_rate)``, zeros where ``i + n`` is outside (the
+    shift ``gft track`` applies, :func:`gaussian_flametalk.tracking.track.shift_wave`)."""
+    return _track.shift_wave(wave, int(round(offset_s * sample_rate)))
 
 
 def _phones(wave: np.ndarray, n_frames: int, fps: float):
@@ -132,6 +124,25 @@ def estimate_audio_offset(opening: np.ndarray, wave: np.ndarray, fps: float, *, 
             "reliable": bool(reliable), "confidence": confidence, "peak": float(fine[i]),
             "envelope_offset": env_k, "phonetic_offset": ph_k, "envelope_peak": coarse[0]["peak"],
             "phonetic_peak": coarse[1]["peak"] if ph_k is not None else None, "notes": notes}
+
+
+def describe(estimate: dict) -> str:
+    """One line: the estimate, the two scores' whole-frame offsets and the confidence."""
+    ph = estimate["phonetic_offset"]
+    return (f"estimated {1000 * estimate['offset_s']:+.0f} ms (envelope {estimate['envelope_offset']:+d}, phonetic "
+            f"{'-' if ph is None else format(ph, '+d')} frames; confidence {estimate['confidence']:.2f})")
+
+
+def offset_for_tracking(points68: np.ndarray, wave: np.ndarray, fps: float) -> tuple[float, str, dict | None]:
+    """``gft track --audio-offset auto`` (:data:`gaussian_flametalk.tracking.track.OffsetEstimator`): the shift for
+    the detected landmarks (T, 68, 2; NaN without a face) and the sound, why, and the estimate (None when too few
+    frames have a face to search)."""
+    try:
+        estimate = estimate_audio_offset(mouth_opening(points68), wave, fps)
+    except ValueError as e:  # too few frames with a face for the search
+        return 0.0, f"not estimated: {e}", None
+    shift, why = auto_offset(estimate)
+    return shift, f"{describe(estimate)}; {why}", estimate
 
 
 def auto_offset(estimate: dict, tolerance_s: float = 0.045) -> tuple[float, str]:

@@ -53,7 +53,7 @@ COMMANDS = (
     Command("doctor", "report what works on this machine (torch, CUDA, rasterizers, landmarks, head models, ffmpeg)",
             "scripts.doctor", "DoctorConfig"),
     Command("track", "track a talking-head video into a SUBJECT folder (frames, masks, landmarks, head parameters)",
-            "tracking.track", "TrackConfig", positional=("video",)),
+            "pipeline.track", "TrackConfig", positional=("video",)),
     Command("train-avatar", "train a Gaussian head avatar bound to the head mesh (writes SUBJECT/avatar)",
             "avatar.train", "AvatarConfig", positional=("subject",)),
     Command("render-avatar", "render a trained avatar for a head-parameter sequence into a composited mp4",

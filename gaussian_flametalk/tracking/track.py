@@ -4,10 +4,10 @@ Steps, each with progress: probe the video; scan it for faces at a low rate to c
 for the whole clip (a per-frame crop alone makes wobble) and to reject clips with no face or several; extract
 the sound (the video's own, or the file of ``--audio``, checked first) as 16 kHz mono; stream the cropped, resized
 frames at the target fps once, saving each frame and its foreground mask and detecting its landmarks; line the sound
-up with the detected lips (``--audio-offset``: by default estimated for an ``--audio`` file, see
-:mod:`..eval.av_offset`); fit the head model to the landmarks (``fit.py``); draw the overlay video. Everything is
-written under ``SUBJECT.partial/`` and renamed to ``SUBJECT`` at the end; a re-run reuses a finished detection pass
-found there.
+up with the detected lips (``--audio-offset``: by default estimated for an ``--audio`` file by the ``estimate_offset``
+the caller gives, :mod:`..pipeline.track` for ``gft track``: the sync scores live in ``eval``, above this stage); fit
+the head model to the landmarks (``fit.py``); draw the overlay video. Everything is written under
+``SUBJECT.partial/`` and renamed to ``SUBJECT`` at the end; a re-run reuses a finished detection pass found there.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -146,9 +146,24 @@ def _write_overlay(cfg: TrackConfig, writer: SubjectWriter, model: HeadModel, fi
                 cfg.fps, audio_wav=audio)
 
 
-def track(cfg: TrackConfig) -> Path:
+#: ``estimate_offset(points68, wave, fps) -> (shift_s, decision, estimate)``: how far to advance the sound (seconds,
+#: > 0: it is late) for ``--audio-offset auto``, from the detected landmarks (T, 68, 2; NaN without a face) and the 16
+#: kHz sound; ``decision`` says why, ``estimate`` (a JSON-able dict or None) goes to meta.json
+OffsetEstimator = Callable[[np.ndarray, np.ndarray, float], tuple[float, str, "dict | None"]]
+
+
+def _offset_spec(cfg: TrackConfig) -> str:
+    """``--audio-offset`` as given, or its default: auto with ``--audio``, 0 for the video's own sound."""
+    return cfg.audio_offset if cfg.audio_offset is not None else ("auto" if cfg.audio is not None else "0")
+
+
+def track(cfg: TrackConfig, *, estimate_offset: OffsetEstimator | None = None) -> Path:
     """Run the tracking stage (one writer per SUBJECT: :func:`~gaussian_flametalk.io.lock.stage_lock`); returns the
-    SUBJECT folder."""
+    SUBJECT folder. ``--audio-offset auto`` (the default with ``--audio``) needs ``estimate_offset``
+    (:func:`gaussian_flametalk.pipeline.track.track` passes eval's); without it a ValueError before any work."""
+    if parse_audio_offset(_offset_spec(cfg)) is None and estimate_offset is None:
+        raise ValueError("--audio-offset auto needs the sync estimate of gaussian_flametalk.eval: run gft track (or "
+                         "gaussian_flametalk.pipeline.track.track), or give --audio-offset SECONDS (0: as it is)")
     out = Path(cfg.out)
     if (out / "meta.json").is_file() and not cfg.force:
         _log(f"{out} is already tracked (use --force to redo it)")
@@ -163,7 +178,7 @@ def track(cfg: TrackConfig) -> Path:
     wave = _separate_audio(cfg, info) if cfg.audio is not None else None
     model = load_head_model(cfg.head_model, n_shape=cfg.n_shape).to(torch.device(cfg.device))
     with stage_lock(out, "track"):
-        return _track(cfg, out, info, model, t_all, wave)
+        return _track(cfg, out, info, model, t_all, wave, estimate_offset)
 
 
 #: how far (seconds) the length of ``--audio`` may differ from the video's
@@ -181,36 +196,24 @@ def _separate_audio(cfg: TrackConfig, info: VideoInfo) -> np.ndarray:
     return wave
 
 
-def _align_audio(cfg: TrackConfig, audio: Path, clip: ClipLandmarks, wave: np.ndarray | None) -> dict:
+def _align_audio(cfg: TrackConfig, audio: Path, clip: ClipLandmarks, wave: np.ndarray | None,
+                 estimate_offset: OffsetEstimator | None) -> dict:
     """``--audio-offset``: shift the written ``audio`` (the samples of ``--audio`` when given, else the file) so the
     sound lines up with the detected lips; returns what meta.json records (``applied_s`` / ``applied_samples``: the
     shift, > 0 advanced; for auto the estimate and why it was or was not applied)."""
-    spec = cfg.audio_offset if cfg.audio_offset is not None else ("auto" if cfg.audio is not None else "0")
+    spec = _offset_spec(cfg)
     seconds = parse_audio_offset(spec)
     record: dict = {"requested": spec, "default": cfg.audio_offset is None}
     if wave is None and seconds != 0:
         wave = load_audio(audio, allow_silent=True)
     if seconds is None:
-        from ..eval.av_offset import auto_offset, estimate_audio_offset
-        from ..eval.lipsync import mouth_opening
-
         points = np.where(clip.found[:, None, None], clip.points68, np.nan)
-        try:
-            estimate = estimate_audio_offset(mouth_opening(points), wave, cfg.fps)
-        except ValueError as e:  # too few frames with a face for the search
-            estimate, (seconds, why) = None, (0.0, f"not estimated: {e}")
-        else:
-            seconds, why = auto_offset(estimate)
+        seconds, why, estimate = estimate_offset(points, wave, cfg.fps)
         record.update(estimate=estimate, decision=why)
-        found = (f"estimated {1000 * estimate['offset_s']:+.0f} ms (envelope {estimate['envelope_offset']:+d}, "
-                 f"phonetic {'-' if estimate['phonetic_offset'] is None else format(estimate['phonetic_offset'], '+d')}"
-                 f" frames; confidence {estimate['confidence']:.2f})" if estimate is not None else "")
-        _log(f"audio offset auto: {found}{'; ' if found else ''}{why}")
+        _log(f"audio offset auto: {why}")
     samples = int(round(seconds * SAMPLE_RATE))
     if samples:
-        from ..eval.av_offset import shift_wave
-
-        save_wav(audio, shift_wave(wave, seconds))
+        save_wav(audio, shift_wave(wave, samples))
     record.update(applied_s=samples / SAMPLE_RATE, applied_samples=samples)
     if spec != "0":
         _log(f"audio offset applied: {1000 * samples / SAMPLE_RATE:+.1f} ms ({samples:+d} samples; "
@@ -218,12 +221,26 @@ def _align_audio(cfg: TrackConfig, audio: Path, clip: ClipLandmarks, wave: np.nd
     return record
 
 
+def shift_wave(wave: np.ndarray, samples: int) -> np.ndarray:
+    """The wave advanced by ``samples`` (> 0: a late sound made earlier; < 0: delayed) at the same length:
+    ``out[i] = wave[i + samples]``, zeros where ``i + samples`` is outside."""
+    x = np.asarray(wave)
+    out = np.zeros_like(x)
+    n = int(samples)
+    if abs(n) < x.size:
+        if n >= 0:
+            out[: x.size - n] = x[n:]
+        else:
+            out[-n:] = x[: x.size + n]
+    return out
+
+
 #: the shortest clip ``gft track`` accepts, in frames at the target fps (its last 20 % are the avatar's test split)
 MIN_FRAMES = 10
 
 
 def _track(cfg: TrackConfig, out: Path, info: VideoInfo, model: HeadModel, t_all: float,
-           wave: np.ndarray | None = None) -> Path:
+           wave: np.ndarray | None = None, estimate_offset: OffsetEstimator | None = None) -> Path:
     timings: dict[str, float] = {}
     work = partial_folder(out)
     settings = {"video": str(Path(cfg.video).resolve()), "fps": cfg.fps, "resolution": cfg.resolution, "detector": cfg.detector}
@@ -262,7 +279,7 @@ def _track(cfg: TrackConfig, out: Path, info: VideoInfo, model: HeadModel, t_all
     timings["detect_s"] = time.perf_counter() - t0
     T = len(clip)
     check_faces(clip, cfg.video)
-    audio_offset = _align_audio(cfg, audio, clip, wave) if has_audio else None
+    audio_offset = _align_audio(cfg, audio, clip, wave, estimate_offset) if has_audio else None
     filled = interpolate_missing(clip)
     _log(f"{T} frames; face found in {int(clip.found.sum())} ({100 * clip.found.mean():.1f} %)")
 
@@ -314,5 +331,6 @@ def _track(cfg: TrackConfig, out: Path, info: VideoInfo, model: HeadModel, t_all
 
 
 def main(cfg: TrackConfig) -> int:
+    """The stage alone (``--audio-offset auto`` refused: ``gft track`` runs :mod:`..pipeline.track`)."""
     track(cfg)
     return 0
