@@ -1,33 +1,37 @@
 """Compositing rendered heads into whole frames.
 
 The head Gaussians render head, hair and neck with alpha over a black background (a premultiplied colour). The torso
-and the background come from a source frame in which the *head region* (the person mask above the torso cut, slightly
+and the background come from a source frame in which the *head region* (the person mask off the torso, slightly
 dilated) is replaced by a static background plate estimated over the clip:
 
-    keep   = torso_keep(cut)                      1 above the ramp, 0 below the cut, linear in between
-    plate  = source * (1 - region) + static * region      region: 0 from the top of the ramp down
+    keep   = torso_keep(cut)                      0 on the torso, 1 a ramp away from it, linear in between
+    plate  = source * (1 - region) + static * region      region: 0 on the torso and in the ramp
     output = keep * head + (1 - keep * alpha) * plate
 
-Torso cut: the image row of the lowest projected vertex of the rendered mesh, but no lower than ``NECK_SPAN`` face
-heights below the chin (:func:`torso_cut_rows`); person-mask pixels below it are torso (not the avatar's job). The head's colour and alpha are trusted only where the loss trained them, so the same ``keep``
-ramp (``TORSO_RAMP`` of the image height, ending at the cut) weighs the person pixels in the training loss
-(:func:`training_target`) and the head in the composite: below the cut the output is the source frame (collar,
-neckline and torso untouched, no smear of untrained head alpha), inside the ramp the rendered neck fades into the
-source neck, above it the render is used as trained.
+Torso cut (:class:`TorsoCut`, :func:`torso_cuts`): the image row of the lowest projected vertex of the rendered
+mesh, but no lower than ``NECK_SPAN`` face heights below the chin (:func:`torso_cut_rows`), and below the chin the
+sides beyond the neck column (``NECK_HALF_WIDTH`` jaw widths either side of the chin): person-mask pixels there are
+shoulders, collar and torso, not the avatar's job (where the shoulders rise to the chin, as on ../shared x1, a row
+alone left them to the head Gaussians, which drew them a few pixels off). The head's colour and alpha are trusted
+only where the loss trained them, so the same ``keep`` ramp (``TORSO_RAMP`` of the image height) weighs the person
+pixels in the training loss (:func:`training_target`) and the head in the composite: on the torso the output is the
+source frame (collar, shoulders and shirt untouched, no smear of untrained head alpha), inside the ramp the rendered
+neck fades into the source neck, beyond it the render is used as trained.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..geometry.camera import Camera
 
-__all__ = ["CHIN_MARGIN", "NECK_SPAN", "TORSO_RAMP", "chin_rows", "composite", "head_region", "static_background", "torso_cut_rows", "torso_keep",
-           "training_target"]
+__all__ = ["CHIN_MARGIN", "NECK_HALF_WIDTH", "NECK_SPAN", "TORSO_RAMP", "TorsoCut", "chin_rows", "composite",
+           "head_region", "static_background", "torso_cut_rows", "torso_cuts", "torso_keep", "training_target"]
 
 #: The torso cut lies at most this many face heights (brows to chin) below the chin (:func:`torso_cut_rows`).
 NECK_SPAN = 0.2
@@ -36,6 +40,29 @@ NECK_SPAN = 0.2
 CHIN_MARGIN = 0.1
 #: Height of the fade from the rendered neck to the source torso above the torso cut, as a fraction of the image.
 TORSO_RAMP = 0.04
+#: Below the chin the head keeps a column this many jaw widths (landmarks 0-16) either side of the chin; the person
+#: pixels beyond it (shoulders) are torso.
+NECK_HALF_WIDTH = 0.4
+
+
+@dataclass(frozen=True)
+class TorsoCut:
+    """Where the torso begins in one frame (pixels, image coordinates).
+
+    ``row``: person pixels below it are torso. ``neck_top``, ``neck_x``, ``neck_half``: below ``neck_top`` the person
+    pixels farther than ``neck_half`` from column ``neck_x`` are torso too (``neck_top`` None: the row alone).
+    """
+
+    row: float
+    neck_top: float | None = None
+    neck_x: float = 0.0
+    neck_half: float = 0.0
+
+    def lowered_to(self, row: float, neck_top: float) -> TorsoCut:
+        """The cut kept at or below ``row`` and its neck top at or below ``neck_top`` (a driven jaw opened wider than
+        the source's stays whole)."""
+        top = None if self.neck_top is None else max(self.neck_top, neck_top)
+        return TorsoCut(max(self.row, row), top, self.neck_x, self.neck_half)
 
 
 def static_background(
@@ -92,27 +119,40 @@ def torso_cut_rows(vertices: torch.Tensor, camera: Camera, landmarks: torch.Tens
     return cut
 
 
-def _below(cut: np.ndarray | float, height: int, width: int) -> np.ndarray:
-    """(H, W) bool: pixel centres below row ``cut``."""
-    return np.broadcast_to((np.arange(height) + 0.5)[:, None] > float(cut), (height, width))
+def torso_cuts(vertices: torch.Tensor, camera: Camera, landmarks: torch.Tensor) -> list[TorsoCut]:
+    """(B, V, 3) rendered mesh vertices and (B, 68, 3) landmarks -> B :class:`TorsoCut`: the row of
+    :func:`torso_cut_rows`, and the neck column from the chin down, ``NECK_HALF_WIDTH`` jaw widths either side of
+    the chin."""
+    cam = camera.to(vertices.device, vertices.dtype)
+    rows = torso_cut_rows(vertices, cam, landmarks)
+    lmk = cam.project(landmarks.to(vertices))
+    jaw = lmk[:, 0:17, 0]
+    half = NECK_HALF_WIDTH * (jaw.amax(dim=1) - jaw.amin(dim=1))
+    return [TorsoCut(float(r), float(c[1]), float(c[0]), float(h))
+            for r, c, h in zip(rows.tolist(), lmk[:, 8].tolist(), half.tolist())]
 
 
-def torso_keep(cut: float, height: int, width: int, ramp: float = TORSO_RAMP) -> np.ndarray:
-    """(H, W) float32 weight of the head render: 1 above ``cut - ramp * height``, 0 at and below the cut row,
-    linear in between (pixel centres)."""
-    y = np.arange(height, dtype=np.float32) + 0.5
+def torso_keep(cut: TorsoCut, height: int, width: int, ramp: float = TORSO_RAMP) -> np.ndarray:
+    """(H, W) float32 weight of the head render: 0 on the torso of ``cut`` (at and below its row; below its neck top
+    beyond the neck column), 1 a ramp of ``ramp * height`` pixels away from it, linear in between (pixel centres)."""
     span = max(ramp * height, 1.0)
-    k = np.clip((float(cut) - y) / span, 0.0, 1.0)
-    return np.ascontiguousarray(np.broadcast_to(k[:, None], (height, width)), dtype=np.float32)
+    y = np.arange(height, dtype=np.float32)[:, None] + 0.5
+    x = np.arange(width, dtype=np.float32)[None, :] + 0.5
+    keep = np.clip((cut.row - y) / span, 0.0, 1.0)
+    if cut.neck_top is not None:
+        side = np.clip((np.abs(x - cut.neck_x) - cut.neck_half) / span + 1.0, 0.0, 1.0)
+        side = side * np.clip((y - cut.neck_top) / span, 0.0, 1.0)
+        keep = keep * (1.0 - side)
+    return np.ascontiguousarray(np.broadcast_to(keep, (height, width)), dtype=np.float32)
 
 
 def training_target(
-    frame: np.ndarray, mask: np.ndarray, cut: float, background: np.ndarray
+    frame: np.ndarray, mask: np.ndarray, cut: TorsoCut, background: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The head avatar's training target and loss weight for one frame.
 
     Args:
-        frame: (H, W, 3) uint8; mask: (H, W) person mask in [0, 1]; cut: torso cut row; background: (3,) in [0, 1].
+        frame: (H, W, 3) uint8; mask: (H, W) person mask in [0, 1]; cut: the torso cut; background: (3,) in [0, 1].
     Returns:
         target (H, W, 3) float32 = frame over ``background`` by the mask; weight (H, W) float32 in [0, 1]: on person
         pixels the :func:`torso_keep` ramp (0 on the torso below the cut, as much as the composite uses the head
@@ -125,20 +165,22 @@ def training_target(
     return target, weight.astype(np.float32)
 
 
-def head_region(mask: np.ndarray, cut: float, dilate: int) -> np.ndarray:
-    """(H, W) float32 region of the source frame the avatar replaces: person above the cut, dilated by ``dilate``
-    pixels (feathered by a small blur), above the :func:`torso_keep` ramp only, so the dilation never reaches over
-    the collar below the cut (there the source frame stays) and the ramp blends the render with the source frame
-    alone (mixing in the plate, inpainted where the body always is, drew a light band across the shirt)."""
+def head_region(mask: np.ndarray, cut: TorsoCut, dilate: int) -> np.ndarray:
+    """(H, W) float32 region of the source frame the avatar replaces: person off the torso, dilated by ``dilate``
+    pixels (feathered by a small blur), where the head is kept whole only (past the :func:`torso_keep` ramp), so the
+    dilation never reaches over the collar or the shoulders (there the source frame stays) and the ramp blends the
+    render with the source frame alone (mixing in the plate, inpainted where the body always is, drew a light band
+    across the shirt)."""
     import cv2
 
-    region = ((mask >= 0.5) & ~_below(cut, *mask.shape)).astype(np.uint8)
+    keep = torso_keep(cut, *mask.shape)
+    region = ((mask >= 0.5) & (keep > 0.0)).astype(np.uint8)
     if dilate > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate + 1, 2 * dilate + 1))
         region = cv2.dilate(region, kernel)
         region = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(dilate / 2, 0.5))
-    # the plate only above the ramp: inside it the rendered neck fades into the source's own, never into the plate
-    return np.clip(region.astype(np.float32), 0.0, 1.0) * (torso_keep(cut, *mask.shape) >= 1.0)
+    # the plate only where the head is whole: in the ramp the rendered neck fades into the source's own, never the plate
+    return np.clip(region.astype(np.float32), 0.0, 1.0) * (keep >= 1.0)
 
 
 def composite(

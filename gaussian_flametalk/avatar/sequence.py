@@ -22,7 +22,7 @@ from ..headmodel import HeadModel, HeadParams
 from ..io.meta import read_meta
 from ..io.subject import Subject, read_params
 from ..io.training import Checkpoint
-from .composite import CHIN_MARGIN, chin_rows, composite, head_region, torso_cut_rows, torso_keep
+from .composite import CHIN_MARGIN, TorsoCut, chin_rows, composite, head_region, torso_cuts, torso_keep
 from .gaussians import BoundGaussians
 
 __all__ = ["AvatarRenderer", "RenderAvatarConfig", "main", "pingpong", "render_sequence"]
@@ -68,20 +68,19 @@ class AvatarRenderer:
             g = self.gaussians
             if not all(bool(torch.isfinite(t).all()) for t in (*self.appearance, g.xyz, g.rotation, g.log_scale)):
                 raise ValueError("the avatar's Gaussians hold NaN or inf values: retrain it (gft train-avatar)")
-        self._cuts: dict[int, float] = {}
+        self._cuts: dict[int, TorsoCut] = {}
 
     @torch.no_grad()
     def prepare_sources(self, sources: np.ndarray, chunk: int = 32) -> None:
-        """Compute the torso cut rows of source frames ``sources`` (any int array) in batches, ahead of
+        """Compute the torso cuts of source frames ``sources`` (any int array) in batches, ahead of
         :meth:`frame_and_weight` (which otherwise poses one source mesh per frame)."""
         todo = [int(s) for s in np.unique(np.asarray(sources)) if int(s) not in self._cuts]
         for i in range(0, len(todo), chunk):
             idx = todo[i:i + chunk]
             verts = self.model.forward_params(self.tracked[torch.as_tensor(idx, device=self.device)])
-            cuts = torso_cut_rows(verts[:, self.used], self.camera, self.model.landmarks(verts))
-            self._cuts.update(zip(idx, cuts.tolist()))
+            self._cuts.update(zip(idx, torso_cuts(verts[:, self.used], self.camera, self.model.landmarks(verts))))
 
-    def _source_cut(self, source: int) -> float:
+    def _source_cut(self, source: int) -> TorsoCut:
         if source not in self._cuts:
             self.prepare_sources(np.array([source]))
         return self._cuts[source]
@@ -139,9 +138,10 @@ class AvatarRenderer:
         # the avatar was checked once in __init__: no per-frame scan of its 16 SH bands
         image, alpha, _ = render_vertices(self.gaussians, verts, self.model.faces, self.camera, self.sh_degree,
                                           self.appearance, check_finite=False)
-        cut = self._source_cut(int(source))
         chin, height = chin_rows(self.model.landmarks(verts), self.camera)
-        cut = max(cut, float(chin[0] + CHIN_MARGIN * height[0]))  # a jaw opened wider than the source's stays whole
+        # a jaw opened wider than the source's stays whole: the row below it by a margin, the neck column's sides
+        # (beyond the jaw) from its chin down, as in training
+        cut = self._source_cut(int(source)).lowered_to(float(chin[0] + CHIN_MARGIN * height[0]), float(chin[0]))
         size = (self.resolution, self.resolution)
         frame = cv2.resize(self.subject.frame(source), size, interpolation=cv2.INTER_AREA)
         mask = cv2.resize(self.subject.mask(source), size, interpolation=cv2.INTER_AREA)

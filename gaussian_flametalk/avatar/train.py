@@ -52,7 +52,7 @@ from ..metrics.image import l1, psnr, silhouette_errors, ssim
 from .binding import triangle_frames
 from .composite import (
     static_background,
-    torso_cut_rows,
+    torso_cuts,
     training_target,
 )
 from .gaussians import (
@@ -301,14 +301,14 @@ def load_training_data(subject: Subject, model: HeadModel, triangles: torch.Tens
     camera = scaled_camera(subject.camera(), size)
     used = torch.unique(model.faces[triangles])
     verts = posed_vertices(model, params)
-    cuts = torso_cut_rows(verts[:, used], camera, model.landmarks(verts)).numpy()
+    cuts = torso_cuts(verts[:, used], camera, model.landmarks(verts))
     del verts
     black = np.zeros(3, dtype=np.float32)
     targets, weights, masks = [], [], []
     for i in range(subject.n_frames):
         frame = cv2.resize(subject.frame(i), (size, size), interpolation=cv2.INTER_AREA)
         mask = cv2.resize(subject.mask(i), (size, size), interpolation=cv2.INTER_AREA)
-        t, w = training_target(frame, mask, float(cuts[i]), black)
+        t, w = training_target(frame, mask, cuts[i], black)
         targets.append(torch.from_numpy((t * 255.0).round().astype(np.uint8)))
         weights.append(torch.from_numpy((w * 255.0).round().astype(np.uint8))[..., None])
         masks.append(torch.from_numpy((mask * 255.0).round().astype(np.uint8))[..., None])
