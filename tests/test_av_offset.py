@@ -105,3 +105,16 @@ def test_real_clip_in_sync_is_left_alone_and_planted_delays_are_found(v4, shared
         other = np.pad(other, (0, wave.size - other.size))
         est = estimate_audio_offset(opening, other, FPS)
         assert auto_offset(est)[0] == 0.0 and not est["reliable"], (path.name, est)
+
+
+def test_without_pocketsphinx_the_envelope_alone_decides(monkeypatch):
+    import gaussian_flametalk.flametalk.phonetic as phonetic
+
+    def missing(*a, **k):
+        raise ImportError("the phonetic encoder needs pocketsphinx: pip install 'pocketsphinx==5.1.1'")
+
+    monkeypatch.setattr(phonetic, "decode_phones", missing)
+    opening, wave = _talk(0, late_s=0.1)
+    est = estimate_audio_offset(opening, wave, FPS)
+    assert est["phonetic_offset"] is None and any("pocketsphinx" in n for n in est["notes"])
+    assert abs(est["offset_s"] - 0.1) <= 0.010 and est["reliable"]

@@ -52,11 +52,12 @@ def shift_wave(wave: np.ndarray, offset_s: float, sample_rate: int = SAMPLE_RATE
 
 def _phones(wave: np.ndarray, n_frames: int, fps: float):
     """PocketSphinx phone segments of the speech up to one second past the last frame, or (None, why)."""
-    try:
-        from ..flametalk.phonetic import decode_phones
+    from ..flametalk.phonetic import decode_phones
+
+    try:  # pocketsphinx is imported when the first decoder is made
+        return decode_phones(np.asarray(wave, np.float32)[: int(round((n_frames / fps + 1.0) * SAMPLE_RATE))]), None
     except ImportError as e:
-        return None, f"phonetic score left out (pocketsphinx missing: {e})"
-    return decode_phones(np.asarray(wave, np.float32)[: int(round((n_frames / fps + 1.0) * SAMPLE_RATE))]), None
+        return None, f"phonetic score left out ({e})"
 
 
 def estimate_audio_offset(opening: np.ndarray, wave: np.ndarray, fps: float, *, max_offset_s: float = 0.6,
