@@ -2,7 +2,7 @@
 
 A sound recorded apart from the video (``gft track VIDEO --audio FILE``) can be tens of milliseconds off, and a
 lip-sync model trained on such a pair learns the delay or, for a few seconds of data, nothing: ../shared x1 with its
-separate sound x2 scores an opening-envelope correlation of -0.07 as it is and +0.50 with the sound 85 ms earlier.
+separate sound x2 scores an opening-envelope correlation of -0.07 as it is and +0.50 with the sound 80 ms earlier.
 
 Estimate (:func:`estimate_audio_offset`), from the mouth opening of the tracked landmarks
 (:func:`.lipsync.mouth_opening`, NaN without a face) and the 16 kHz speech:
@@ -16,17 +16,18 @@ Estimate (:func:`estimate_audio_offset`), from the mouth opening of the tracked 
 ``offset_s > 0`` means the sound is late (it is advanced by that much to line up), as the scores' own sign.
 ``confidence`` is the combined curve's peak minus its median (the scores' ``peak_minus_median``). The estimate is
 *reliable* when the confidence is at least ``clear_confidence`` (0.3), or at least ``min_confidence`` (0.2) with the
-two scores' own whole-frame offsets within one frame of each other (without phones: 0.3 alone). Measured (25 fps, detected landmarks): own
-sound 0.33-0.53 on v1, v2, v4, x1 (whole clips, also with delays of -120..+300 ms planted, and v4's first 4, 6, 8
+two scores' own whole-frame offsets within one frame of each other (without phones: 0.3 alone). Measured (25 fps,
+detected landmarks): own sound 0.33-0.53 on v1, v2, v4, x1 (whole clips, also with delays of -120..+300 ms planted, and v4's first 4, 6, 8
 s, where the envelope score alone peaks at +8..+15 frames but the combined curve is right); another clip's or
 speech track's sound (16 pairs) at most 0.24, and then with the two scores' offsets apart (-11/+11 frames, ...),
 the pairs whose offsets agree at most 0.18.
 
 Applying it (:func:`auto_offset`): an estimate within ``tolerance_s`` (45 ms, a frame at 25 fps and a little) of 0
 is taken as in sync and nothing is shifted: speech in sync scores a peak 0-40 ms "late" (the lips lead the sound as
-they are formed; measured on the ../shared clips with their own, muxed sound at 25 fps: v1 +40 ms, v2 -10 ms,
-v4 +20 ms), and a shift within that would only move a clip that is already right. An unreliable estimate is not
-applied either. Otherwise the sound is shifted by the estimate (x1 + x2: +85 ms).
+they are formed; measured on the ../shared clips with their own, muxed sound at 25 fps: v1 +35 ms, v2 -5 ms,
+v4 +15 ms), and a shift within that would only move a clip that is already right. An unreliable estimate is not
+applied either. Otherwise the sound is shifted by the whole estimate (x1 + x2: +80 ms; on x1 any shift of 40-120 ms
+trained FlameTalk about equally well, BENCHMARKS.md).
 
 :func:`shift_wave` does the shift sample-exactly at constant length: a late sound loses its first samples and
 gets silence at the end, an early one the reverse.
