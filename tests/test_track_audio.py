@@ -138,3 +138,16 @@ def test_planted_delay_of_a_separate_sound_is_found_and_removed(tmp_path, shared
     assert rec2["applied_samples"] == -805 and "estimate" not in rec2 and not rec2["default"]
     got2 = load_audio(Subject.open(out2).audio_path)
     assert np.abs(got2 - shift_wave(given, -805 / SAMPLE_RATE)).max() < 2e-4 and np.abs(got2[:805]).max() == 0
+
+
+def test_batch_tracks_with_the_sync_estimate(tmp_path, pattern):
+    """``gft batch``'s track stage is gft track's, with the sync estimate: a manifest's ``audio`` reaches the sound's
+    checks (here: too short) instead of the bare stage's refusal of ``--audio-offset auto``."""
+    from gaussian_flametalk.pipeline.batch_stages import STAGE_CONFIGS
+
+    short = save_wav(tmp_path / "short.wav", _tone(1.0))
+    with pytest.raises(ValueError, match="sync estimate"):
+        stage.track(_cfg(pattern, tmp_path / "s", audio=short))
+    config_cls, run = STAGE_CONFIGS["track"]
+    with pytest.raises(AudioError, match=r"short\.wav: 1\.00 s of sound"):
+        run(_cfg(pattern, tmp_path / "s", audio=short))

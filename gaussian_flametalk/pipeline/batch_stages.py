@@ -23,9 +23,9 @@ from ..atomic import write_json
 from ..avatar.train import AvatarConfig, train_avatar
 from ..flametalk.train import TalkConfig, train_talk
 from ..io.meta import read_meta
-from ..tracking.track import TrackConfig, track
 from .benchmark import BenchmarkConfig, benchmark
 from .manifest import PRIOR_STAGE
+from .track import TrackConfig, track
 
 __all__ = ["STAGE_CONFIGS", "StageOutcome", "StageTask", "finished_meta", "marker_of", "run_stage", "stage_figures"]
 
