@@ -80,6 +80,35 @@ def test_shoulders_beside_the_neck_come_from_the_source():
     assert TorsoCut(40.0).lowered_to(45.0, 30.0) == TorsoCut(45.0)
 
 
+def test_shoulder_rising_beside_the_face_is_torso():
+    """Beyond the jaw outline's sides the torso's top rises toward the ears (a shoulder leaning up past the chin row
+    at the frame's edge comes from the source), by SHOULDER_SLOPE per pixel and at most ``rise``; the neck column,
+    the face between the jaw's sides and everything above the rise stay head."""
+    from gaussian_flametalk.avatar.composite import SHOULDER_SLOPE
+
+    mask, source, static, _ = _scene()
+    mask[:, :] = 1.0
+    source[...] = (30, 60, 90)
+    cut = TorsoCut(60.0, neck_top=40.0, neck_x=32.0, neck_half=6.0, jaw_left=22.0, jaw_right=42.0, rise=12.0)
+    head = np.ones((64, 64, 3), np.float32)
+    alpha = np.ones((64, 64, 1), np.float32)
+    keep = torso_keep(cut, 64, 64)
+    out = composite(head, alpha, source, head_region(mask, cut, dilate=3), static, keep)
+    y, x = np.mgrid[0:64, 0:64] + 0.5
+    span = TORSO_RAMP * 64
+    beyond = np.maximum(np.maximum(22.0 - x, x - 42.0), 0.0)
+    top = 40.0 - np.minimum(SHOULDER_SLOPE * beyond, 12.0)
+    shoulder = (beyond > 0) & (y >= top + span) & (y < 60.0)
+    assert shoulder[(y < 40.0)].any()  # the line does rise above the chin row beside the face
+    np.testing.assert_array_equal(out[shoulder], source[shoulder])
+    head_px = (y <= top) & (y <= 60.0 - span) & ~((np.abs(x - 32.0) > 6.0) & (y > 40.0))
+    assert np.all(out[head_px] == 255)
+    assert np.all(out[(y < 40.0 - 12.0)] == 255)  # never above the rise: ears and hair stay head
+    assert np.all(out[(np.abs(x - 32.0) <= 6.0 - span) & (y < 60.0 - span)] == 255)  # the neck column
+    np.testing.assert_allclose(cut.side_top(np.array([10.0, 20.0, 32.0, 45.0])), [28.0, 38.0, 40.0, 37.0])
+    assert cut.lowered_to(50.0, 44.0).side_top(np.array([10.0]))[0] == 32.0  # a driven chin lowers the line too
+
+
 def test_training_weight_matches_composite_keep():
     mask, source, _, cut = _scene()
     target, weight = training_target(source, mask, cut, np.zeros(3, np.float32))
@@ -94,7 +123,9 @@ def test_torso_cut_stops_below_the_chin():
     """A neck mesh reaching below the frame (ICT's goes to the collarbones) no longer puts the shirt in the head."""
     import torch
 
-    from gaussian_flametalk.avatar.composite import NECK_HALF_WIDTH, NECK_SPAN, chin_rows, torso_cut_rows, torso_cuts
+    from gaussian_flametalk.avatar.composite import (
+        NECK_HALF_WIDTH, NECK_SPAN, SHOULDER_RISE, chin_rows, torso_cut_rows, torso_cuts,
+    )
     from gaussian_flametalk.geometry.camera import Camera
     from gaussian_flametalk.headmodel import HeadParams, make_synthetic_head
 
@@ -113,3 +144,5 @@ def test_torso_cut_stops_below_the_chin():
     assert c.row == pytest.approx(float(cut[0])) and c.neck_top == pytest.approx(float(chin[0]))
     assert c.neck_half == pytest.approx(NECK_HALF_WIDTH * float(jaw.max() - jaw.min()))
     assert c.neck_x == pytest.approx(float(cam.project(lmk)[0, 8, 0]))
+    assert (c.jaw_left, c.jaw_right) == (pytest.approx(float(jaw.min())), pytest.approx(float(jaw.max())))
+    assert c.rise == pytest.approx(SHOULDER_RISE * float(height[0]))

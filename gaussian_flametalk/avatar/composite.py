@@ -12,7 +12,10 @@ Torso cut (:class:`TorsoCut`, :func:`torso_cuts`): the image row of the lowest p
 mesh, but no lower than ``NECK_SPAN`` face heights below the chin (:func:`torso_cut_rows`), and below the chin the
 sides beyond the neck column (``NECK_HALF_WIDTH`` jaw widths either side of the chin): person-mask pixels there are
 shoulders, collar and torso, not the avatar's job (where the shoulders rise to the chin, as on ../shared x1, a row
-alone left them to the head Gaussians, which drew them a few pixels off). The head's colour and alpha are trusted
+alone left them to the head Gaussians, which drew them a few pixels off). Beside the face, beyond the jaw outline's
+sides, the torso rises toward the ears by ``SHOULDER_SLOPE`` pixels per pixel, at most ``SHOULDER_RISE`` face heights
+above the chin: a shoulder that leans up past the chin row at the frame's edge (x1) is torso too, while the ears,
+which lie above that line, stay head. The head's colour and alpha are trusted
 only where the loss trained them, so the same ``keep`` ramp (``TORSO_RAMP`` of the image height) weighs the person
 pixels in the training loss (:func:`training_target`) and the head in the composite: on the torso the output is the
 source frame (collar, shoulders and shirt untouched, no smear of untrained head alpha), inside the ramp the rendered
@@ -23,15 +26,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from ..geometry.camera import Camera
 
-__all__ = ["CHIN_MARGIN", "NECK_HALF_WIDTH", "NECK_SPAN", "TORSO_RAMP", "TorsoCut", "chin_rows", "composite",
-           "head_region", "static_background", "torso_cut_rows", "torso_cuts", "torso_keep", "training_target"]
+__all__ = ["CHIN_MARGIN", "NECK_HALF_WIDTH", "NECK_SPAN", "SHOULDER_RISE", "SHOULDER_SLOPE", "TORSO_RAMP", "TorsoCut",
+           "chin_rows", "composite", "head_region", "static_background", "torso_cut_rows", "torso_cuts", "torso_keep",
+           "training_target"]
 
 #: The torso cut lies at most this many face heights (brows to chin) below the chin (:func:`torso_cut_rows`).
 NECK_SPAN = 0.2
@@ -43,6 +47,10 @@ TORSO_RAMP = 0.04
 #: Below the chin the head keeps a column this many jaw widths (landmarks 0-16) either side of the chin; the person
 #: pixels beyond it (shoulders) are torso.
 NECK_HALF_WIDTH = 0.4
+#: Beyond the jaw outline's sides the torso's top rises this many pixels per pixel away from the jaw ...
+SHOULDER_SLOPE = 1.0
+#: ... up to this many face heights above the chin.
+SHOULDER_RISE = 0.3
 
 
 @dataclass(frozen=True)
@@ -51,18 +59,28 @@ class TorsoCut:
 
     ``row``: person pixels below it are torso. ``neck_top``, ``neck_x``, ``neck_half``: below ``neck_top`` the person
     pixels farther than ``neck_half`` from column ``neck_x`` are torso too (``neck_top`` None: the row alone).
+    ``jaw_left``, ``jaw_right``: the columns of the jaw outline's sides; beyond them that top rises by
+    ``SHOULDER_SLOPE`` per pixel, at most ``rise`` pixels (``rise`` 0: it stays at ``neck_top``).
     """
 
     row: float
     neck_top: float | None = None
     neck_x: float = 0.0
     neck_half: float = 0.0
+    jaw_left: float = 0.0
+    jaw_right: float = 0.0
+    rise: float = 0.0
 
     def lowered_to(self, row: float, neck_top: float) -> TorsoCut:
         """The cut kept at or below ``row`` and its neck top at or below ``neck_top`` (a driven jaw opened wider than
         the source's stays whole)."""
         top = None if self.neck_top is None else max(self.neck_top, neck_top)
-        return TorsoCut(max(self.row, row), top, self.neck_x, self.neck_half)
+        return replace(self, row=max(self.row, row), neck_top=top)
+
+    def side_top(self, x: np.ndarray) -> np.ndarray:
+        """Row where the torso begins beside the neck column at columns ``x`` (needs ``neck_top``)."""
+        beyond = np.maximum(np.maximum(self.jaw_left - x, x - self.jaw_right), 0.0)
+        return self.neck_top - np.minimum(SHOULDER_SLOPE * beyond, self.rise)
 
 
 def static_background(
@@ -121,27 +139,31 @@ def torso_cut_rows(vertices: torch.Tensor, camera: Camera, landmarks: torch.Tens
 
 def torso_cuts(vertices: torch.Tensor, camera: Camera, landmarks: torch.Tensor) -> list[TorsoCut]:
     """(B, V, 3) rendered mesh vertices and (B, 68, 3) landmarks -> B :class:`TorsoCut`: the row of
-    :func:`torso_cut_rows`, and the neck column from the chin down, ``NECK_HALF_WIDTH`` jaw widths either side of
-    the chin."""
+    :func:`torso_cut_rows`, the neck column from the chin down, ``NECK_HALF_WIDTH`` jaw widths either side of the
+    chin, and beyond the jaw outline's sides (landmarks 0-16) the shoulder line rising toward the ears."""
     cam = camera.to(vertices.device, vertices.dtype)
     rows = torso_cut_rows(vertices, cam, landmarks)
     lmk = cam.project(landmarks.to(vertices))
+    _, height = chin_rows(landmarks.to(vertices), cam)
     jaw = lmk[:, 0:17, 0]
-    half = NECK_HALF_WIDTH * (jaw.amax(dim=1) - jaw.amin(dim=1))
-    return [TorsoCut(float(r), float(c[1]), float(c[0]), float(h))
-            for r, c, h in zip(rows.tolist(), lmk[:, 8].tolist(), half.tolist())]
+    left, right = jaw.amin(dim=1), jaw.amax(dim=1)
+    half = NECK_HALF_WIDTH * (right - left)
+    return [TorsoCut(float(r), float(c[1]), float(c[0]), float(h), float(jl), float(jr), SHOULDER_RISE * float(fh))
+            for r, c, h, jl, jr, fh in zip(rows.tolist(), lmk[:, 8].tolist(), half.tolist(), left.tolist(),
+                                           right.tolist(), height.tolist())]
 
 
 def torso_keep(cut: TorsoCut, height: int, width: int, ramp: float = TORSO_RAMP) -> np.ndarray:
     """(H, W) float32 weight of the head render: 0 on the torso of ``cut`` (at and below its row; below its neck top
-    beyond the neck column), 1 a ramp of ``ramp * height`` pixels away from it, linear in between (pixel centres)."""
+    beyond the neck column, rising beside the face by :meth:`TorsoCut.side_top`), 1 a ramp of ``ramp * height``
+    pixels away from it, linear in between (pixel centres)."""
     span = max(ramp * height, 1.0)
     y = np.arange(height, dtype=np.float32)[:, None] + 0.5
     x = np.arange(width, dtype=np.float32)[None, :] + 0.5
     keep = np.clip((cut.row - y) / span, 0.0, 1.0)
     if cut.neck_top is not None:
         side = np.clip((np.abs(x - cut.neck_x) - cut.neck_half) / span + 1.0, 0.0, 1.0)
-        side = side * np.clip((y - cut.neck_top) / span, 0.0, 1.0)
+        side = side * np.clip((y - cut.side_top(x)) / span, 0.0, 1.0)
         keep = keep * (1.0 - side)
     return np.ascontiguousarray(np.broadcast_to(keep, (height, width)), dtype=np.float32)
 
