@@ -80,33 +80,37 @@ def test_shoulders_beside_the_neck_come_from_the_source():
     assert TorsoCut(40.0).lowered_to(45.0, 30.0) == TorsoCut(45.0)
 
 
-def test_shoulder_rising_beside_the_face_is_torso():
-    """Beyond the jaw outline's sides the torso's top rises toward the ears (a shoulder leaning up past the chin row
-    at the frame's edge comes from the source), by SHOULDER_SLOPE per pixel and at most ``rise``; the neck column,
-    the face between the jaw's sides and everything above the rise stay head."""
-    from gaussian_flametalk.avatar.composite import SHOULDER_SLOPE
-
+def test_torso_beside_the_neck_begins_under_the_jaw():
+    """Beside the neck column the torso begins right under the jaw outline (a collar or shoulder leaning up past the
+    chin row next to the jaw comes from the source), at most ``rise`` above the chin and at that height beyond the
+    outline's ends; the face above the outline, the neck column and everything above the rise stay head; a driven jaw
+    moves the outline down."""
     mask, source, static, _ = _scene()
     mask[:, :] = 1.0
     source[...] = (30, 60, 90)
-    cut = TorsoCut(60.0, neck_top=40.0, neck_x=32.0, neck_half=6.0, jaw_left=22.0, jaw_right=42.0, rise=12.0)
+    jaw = ((20.0, 20.0), (24.0, 34.0), (32.0, 40.0), (40.0, 34.0), (44.0, 20.0))  # ear, jaw angle, chin, ...
+    cut = TorsoCut(60.0, neck_top=40.0, neck_x=32.0, neck_half=4.0, jaw=jaw, rise=12.0)
     head = np.ones((64, 64, 3), np.float32)
     alpha = np.ones((64, 64, 1), np.float32)
     keep = torso_keep(cut, 64, 64)
     out = composite(head, alpha, source, head_region(mask, cut, dilate=3), static, keep)
     y, x = np.mgrid[0:64, 0:64] + 0.5
     span = TORSO_RAMP * 64
-    beyond = np.maximum(np.maximum(22.0 - x, x - 42.0), 0.0)
-    top = 40.0 - np.minimum(SHOULDER_SLOPE * beyond, 12.0)
-    shoulder = (beyond > 0) & (y >= top + span) & (y < 60.0)
-    assert shoulder[(y < 40.0)].any()  # the line does rise above the chin row beside the face
+    top = cut.side_top(x[0])[None, :]
+    side = np.abs(x - 32.0) > 4.0 + span
+    shoulder = side & (y >= top + span) & (y < 60.0)
+    assert shoulder[y < 34.0].any()  # under the jaw angle, above the chin row
     np.testing.assert_array_equal(out[shoulder], source[shoulder])
-    head_px = (y <= top) & (y <= 60.0 - span) & ~((np.abs(x - 32.0) > 6.0) & (y > 40.0))
-    assert np.all(out[head_px] == 255)
-    assert np.all(out[(y < 40.0 - 12.0)] == 255)  # never above the rise: ears and hair stay head
-    assert np.all(out[(np.abs(x - 32.0) <= 6.0 - span) & (y < 60.0 - span)] == 255)  # the neck column
-    np.testing.assert_allclose(cut.side_top(np.array([10.0, 20.0, 32.0, 45.0])), [28.0, 38.0, 40.0, 37.0])
-    assert cut.lowered_to(50.0, 44.0).side_top(np.array([10.0]))[0] == 32.0  # a driven chin lowers the line too
+    assert np.all(out[(y <= top) & (y <= 60.0 - span)] == 255)  # the face above the outline
+    assert np.all(out[y < 40.0 - 12.0] == 255)  # never above the rise: ears and hair stay head
+    assert np.all(out[(np.abs(x - 32.0) <= 4.0 - span) & (y < 60.0 - span)] == 255)  # the neck column
+    # under the outline, held to [chin - rise, chin]; beyond its ends at the rise
+    np.testing.assert_allclose(cut.side_top(np.array([5.0, 22.0, 24.0, 28.0, 32.0, 42.0])),
+                               [28.0, 28.0, 34.0, 37.0, 40.0, 28.0])
+    low = cut.lowered_to(50.0, 44.0)
+    np.testing.assert_allclose(low.side_top(np.array([5.0, 24.0, 32.0])), [32.0, 38.0, 44.0])
+    assert (low.row, low.neck_top) == (60.0, 44.0)
+    assert cut.lowered_to(50.0, 30.0).jaw == jaw  # a jaw closed tighter than the source's leaves it
 
 
 def test_training_weight_matches_composite_keep():
@@ -144,5 +148,5 @@ def test_torso_cut_stops_below_the_chin():
     assert c.row == pytest.approx(float(cut[0])) and c.neck_top == pytest.approx(float(chin[0]))
     assert c.neck_half == pytest.approx(NECK_HALF_WIDTH * float(jaw.max() - jaw.min()))
     assert c.neck_x == pytest.approx(float(cam.project(lmk)[0, 8, 0]))
-    assert (c.jaw_left, c.jaw_right) == (pytest.approx(float(jaw.min())), pytest.approx(float(jaw.max())))
+    np.testing.assert_allclose(np.array(c.jaw), cam.project(lmk)[0, 0:17].numpy(), rtol=1e-5)
     assert c.rise == pytest.approx(SHOULDER_RISE * float(height[0]))

@@ -12,10 +12,10 @@ Torso cut (:class:`TorsoCut`, :func:`torso_cuts`): the image row of the lowest p
 mesh, but no lower than ``NECK_SPAN`` face heights below the chin (:func:`torso_cut_rows`), and below the chin the
 sides beyond the neck column (``NECK_HALF_WIDTH`` jaw widths either side of the chin): person-mask pixels there are
 shoulders, collar and torso, not the avatar's job (where the shoulders rise to the chin, as on ../shared x1, a row
-alone left them to the head Gaussians, which drew them a few pixels off). Beside the face, beyond the jaw outline's
-sides, the torso rises toward the ears by ``SHOULDER_SLOPE`` pixels per pixel, at most ``SHOULDER_RISE`` face heights
-above the chin: a shoulder that leans up past the chin row at the frame's edge (x1) is torso too, while the ears,
-which lie above that line, stay head. The head's colour and alpha are trusted
+alone left them to the head Gaussians, which drew them a few pixels off). Beside the neck column the torso begins
+right under the jaw outline (landmarks 0-16), at most ``SHOULDER_RISE`` face heights above the chin, and at that
+height beyond the outline's ends: a shoulder or collar that leans up past the chin row next to the jaw (x1) is torso
+too, while the face above the outline and the ears, which end higher, stay head. The head's colour and alpha are trusted
 only where the loss trained them, so the same ``keep`` ramp (``TORSO_RAMP`` of the image height) weighs the person
 pixels in the training loss (:func:`training_target`) and the head in the composite: on the torso the output is the
 source frame (collar, shoulders and shirt untouched, no smear of untrained head alpha), inside the ramp the rendered
@@ -33,7 +33,7 @@ import torch
 
 from ..geometry.camera import Camera
 
-__all__ = ["CHIN_MARGIN", "NECK_HALF_WIDTH", "NECK_SPAN", "SHOULDER_RISE", "SHOULDER_SLOPE", "TORSO_RAMP", "TorsoCut",
+__all__ = ["CHIN_MARGIN", "NECK_HALF_WIDTH", "NECK_SPAN", "SHOULDER_RISE", "TORSO_RAMP", "TorsoCut",
            "chin_rows", "composite", "head_region", "static_background", "torso_cut_rows", "torso_cuts", "torso_keep",
            "training_target"]
 
@@ -47,9 +47,8 @@ TORSO_RAMP = 0.04
 #: Below the chin the head keeps a column this many jaw widths (landmarks 0-16) either side of the chin; the person
 #: pixels beyond it (shoulders) are torso.
 NECK_HALF_WIDTH = 0.4
-#: Beyond the jaw outline's sides the torso's top rises this many pixels per pixel away from the jaw ...
-SHOULDER_SLOPE = 1.0
-#: ... up to this many face heights above the chin.
+#: Beside the neck column the torso begins under the jaw outline, but at most this many face heights above the chin
+#: (an ear lobe ends about 0.45 face heights above it).
 SHOULDER_RISE = 0.3
 
 
@@ -59,28 +58,37 @@ class TorsoCut:
 
     ``row``: person pixels below it are torso. ``neck_top``, ``neck_x``, ``neck_half``: below ``neck_top`` the person
     pixels farther than ``neck_half`` from column ``neck_x`` are torso too (``neck_top`` None: the row alone).
-    ``jaw_left``, ``jaw_right``: the columns of the jaw outline's sides; beyond them that top rises by
-    ``SHOULDER_SLOPE`` per pixel, at most ``rise`` pixels (``rise`` 0: it stays at ``neck_top``).
+    ``jaw``: the jaw outline as (x, y) points from one ear to the other; beside the neck column the torso begins
+    under it, but at most ``rise`` pixels above ``neck_top`` and never below it (``jaw`` empty and ``rise`` 0: at
+    ``neck_top``).
     """
 
     row: float
     neck_top: float | None = None
     neck_x: float = 0.0
     neck_half: float = 0.0
-    jaw_left: float = 0.0
-    jaw_right: float = 0.0
+    jaw: tuple[tuple[float, float], ...] = ()
     rise: float = 0.0
 
     def lowered_to(self, row: float, neck_top: float) -> TorsoCut:
-        """The cut kept at or below ``row`` and its neck top at or below ``neck_top`` (a driven jaw opened wider than
-        the source's stays whole)."""
-        top = None if self.neck_top is None else max(self.neck_top, neck_top)
-        return replace(self, row=max(self.row, row), neck_top=top)
+        """The cut kept at or below ``row`` and its neck top at or below ``neck_top``, the jaw outline moved down with
+        the neck top (a driven jaw opened wider than the source's stays whole)."""
+        if self.neck_top is None:
+            return replace(self, row=max(self.row, row))
+        drop = max(neck_top - self.neck_top, 0.0)
+        return replace(self, row=max(self.row, row), neck_top=self.neck_top + drop,
+                       jaw=tuple((x, y + drop) for x, y in self.jaw))
 
     def side_top(self, x: np.ndarray) -> np.ndarray:
-        """Row where the torso begins beside the neck column at columns ``x`` (needs ``neck_top``)."""
-        beyond = np.maximum(np.maximum(self.jaw_left - x, x - self.jaw_right), 0.0)
-        return self.neck_top - np.minimum(SHOULDER_SLOPE * beyond, self.rise)
+        """(W,) rows where the torso begins beside the neck column at the (W,) columns ``x`` (needs ``neck_top``):
+        the lowest point of the jaw outline above each column, held between ``neck_top - rise`` and ``neck_top``."""
+        under = np.full(x.shape, -np.inf)
+        for (x0, y0), (x1, y1) in zip(self.jaw, self.jaw[1:]):
+            lo, hi = min(x0, x1), max(x0, x1)
+            on = (x >= lo) & (x <= hi)
+            t = (x[on] - x0) / (x1 - x0) if x1 != x0 else 0.5
+            under[on] = np.maximum(under[on], y0 + t * (y1 - y0))
+        return np.clip(under, self.neck_top - self.rise, self.neck_top)
 
 
 def static_background(
@@ -140,22 +148,21 @@ def torso_cut_rows(vertices: torch.Tensor, camera: Camera, landmarks: torch.Tens
 def torso_cuts(vertices: torch.Tensor, camera: Camera, landmarks: torch.Tensor) -> list[TorsoCut]:
     """(B, V, 3) rendered mesh vertices and (B, 68, 3) landmarks -> B :class:`TorsoCut`: the row of
     :func:`torso_cut_rows`, the neck column from the chin down, ``NECK_HALF_WIDTH`` jaw widths either side of the
-    chin, and beyond the jaw outline's sides (landmarks 0-16) the shoulder line rising toward the ears."""
+    chin, and beside it the jaw outline (landmarks 0-16) with its ``SHOULDER_RISE`` limit."""
     cam = camera.to(vertices.device, vertices.dtype)
     rows = torso_cut_rows(vertices, cam, landmarks)
     lmk = cam.project(landmarks.to(vertices))
     _, height = chin_rows(landmarks.to(vertices), cam)
-    jaw = lmk[:, 0:17, 0]
-    left, right = jaw.amin(dim=1), jaw.amax(dim=1)
-    half = NECK_HALF_WIDTH * (right - left)
-    return [TorsoCut(float(r), float(c[1]), float(c[0]), float(h), float(jl), float(jr), SHOULDER_RISE * float(fh))
-            for r, c, h, jl, jr, fh in zip(rows.tolist(), lmk[:, 8].tolist(), half.tolist(), left.tolist(),
-                                           right.tolist(), height.tolist())]
+    jaw = lmk[:, 0:17]
+    half = NECK_HALF_WIDTH * (jaw[..., 0].amax(dim=1) - jaw[..., 0].amin(dim=1))
+    return [TorsoCut(float(r), float(c[1]), float(c[0]), float(h), tuple(map(tuple, j)), SHOULDER_RISE * float(fh))
+            for r, c, h, j, fh in zip(rows.tolist(), lmk[:, 8].tolist(), half.tolist(), jaw.tolist(),
+                                      height.tolist())]
 
 
 def torso_keep(cut: TorsoCut, height: int, width: int, ramp: float = TORSO_RAMP) -> np.ndarray:
     """(H, W) float32 weight of the head render: 0 on the torso of ``cut`` (at and below its row; below its neck top
-    beyond the neck column, rising beside the face by :meth:`TorsoCut.side_top`), 1 a ramp of ``ramp * height``
+    beyond the neck column, from :meth:`TorsoCut.side_top` down), 1 a ramp of ``ramp * height``
     pixels away from it, linear in between (pixel centres)."""
     span = max(ramp * height, 1.0)
     y = np.arange(height, dtype=np.float32)[:, None] + 0.5
@@ -163,7 +170,7 @@ def torso_keep(cut: TorsoCut, height: int, width: int, ramp: float = TORSO_RAMP)
     keep = np.clip((cut.row - y) / span, 0.0, 1.0)
     if cut.neck_top is not None:
         side = np.clip((np.abs(x - cut.neck_x) - cut.neck_half) / span + 1.0, 0.0, 1.0)
-        side = side * np.clip((y - cut.side_top(x)) / span, 0.0, 1.0)
+        side = side * np.clip((y - cut.side_top(x[0])[None, :]) / span, 0.0, 1.0)
         keep = keep * (1.0 - side)
     return np.ascontiguousarray(np.broadcast_to(keep, (height, width)), dtype=np.float32)
 
