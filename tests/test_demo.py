@@ -86,7 +86,8 @@ def test_rerun_reuses_and_interrupted_run_finishes(quick_demo):
 
 def test_benchmark_on_the_demo_subject_equals_separate_drive_and_eval(quick_demo, tmp_path):
     """gft benchmark's self-reenactment figures are those of gft drive --self-reenact + gft eval run by hand; its
-    cross-reenactment uses TTS speech; published rows are labelled; missing weights say why."""
+    cross-reenactment uses TTS speech; the real frames' phonetic sync is gft eval's of self.reference.mp4 and the
+    cross / real ratio divides by it; published rows are labelled; missing weights say why."""
     subject = quick_demo / "subject"
     out = tmp_path / "bench"
     assert gft_main(["benchmark", str(subject), "--out", str(out), "--tts", "Hello there, how are you today?",
@@ -104,5 +105,13 @@ def test_benchmark_on_the_demo_subject_equals_separate_drive_and_eval(quick_demo
     assert f["self Stability"] == pytest.approx(own["stability"]["score"], rel=1e-9)
     assert isinstance(f["cross Stability"], float) and len(row["cross_speech"]) == 1
     assert f["self Sync"].startswith("unavailable") and f["self LPIPS"].startswith("unavailable")
+    assert gft_main(["eval", str(out / "self.reference.mp4"), "--out", str(tmp_path / "eval_real"),
+                     "--no-progress"]) == 0
+    real = json.loads((tmp_path / "eval_real" / "metrics.json").read_text())["videos"][0]
+    w = row["weight_free"]
+    assert w["real frames' phonetic sync (peak)"] == pytest.approx(real["lipsync"]["phonetic"]["peak"], abs=1e-9)
+    assert w["real frames' stability"] == pytest.approx(real["stability"]["score"], abs=1e-9)
+    assert w["cross / real phonetic sync"] == pytest.approx(
+        w["cross phonetic sync (peak)"] / w["real frames' phonetic sync (peak)"], rel=1e-12)
     md = (out / "benchmark.md").read_text()
     assert "GaussianFlameTalk (published) | 29.1233" in md and "not measured here" in md

@@ -79,6 +79,11 @@ def test_eval_two_videos_against_a_reference(clips, tmp_path, capsys):
         assert {"offset", "peak", "peak_minus_median"} <= set(e["lipsync"]["envelope"])
         assert "unavailable" in e["lipsync"]["syncnet"]
     assert real["lipsync"]["lmd"] == pytest.approx(0.0, abs=1e-6) and fake["lipsync"]["lmd"] > 0
+    # the reference's own phonetic sync (its landmarks, its sound) is what real.mp4 scores as a video, not the video's
+    for e in (fake, real):
+        assert e["lipsync"]["reference_phonetic"]["peak"] == pytest.approx(real["lipsync"]["phonetic"]["peak"],
+                                                                           abs=1e-9)
+    assert fake["lipsync"]["phonetic"]["peak"] != pytest.approx(real["lipsync"]["phonetic"]["peak"], abs=1e-3)
 
     # motion metrics against the tracked SUBJECT
     assert real["motion"]["lve_mm"] == pytest.approx(0.0, abs=1e-6) and real["motion"]["subject_frames"] == "80..99"
@@ -91,6 +96,7 @@ def test_eval_two_videos_against_a_reference(clips, tmp_path, capsys):
     assert (out / "spectra.png").is_file()
     summary = (out / "summary.md").read_text()
     assert "| metric | fake | real |" in summary and "| frames without face | 5 | 0 |" in summary
+    assert "| reference's phonetic sync peak |" in summary
     assert "stability score (vs reference)" in printed and "fake" in printed.splitlines()[0]
     assert not list(out.rglob(".*tmp*"))
 
@@ -104,6 +110,7 @@ def test_reference_of_other_length_or_fps_is_aligned_or_refused(clips, tmp_path)
     assert align["common_frames"] == entry["frames"] == N and align["reference_frames"] >= N
     assert np.isfinite(entry["stability"]["score_vs_reference"]) and entry["image"]["psnr"] > 10
     assert "silent" in entry["lipsync"]["envelope"]["unavailable"]
+    assert "real24.mp4 has no sound track" in entry["lipsync"]["reference_phonetic"]["unavailable"]
     assert (tmp_path / "a" / "summary.md").is_file()
 
     with pytest.raises(ReferenceMismatchError) as err:

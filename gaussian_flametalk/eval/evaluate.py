@@ -11,7 +11,9 @@ For each video (read at its own frame rate):
   video's own sound or ``--audio``; the weight-free phonetic sync (:mod:`.phonetic_sync`: opening against the
   expected openness of the PocketSphinx phones over the same offsets, and open vowels vs p/b/m); SyncNet offset,
   minimum distance and confidence with ``--syncnet WEIGHTS``;
-  mouth landmark distance (LMD) against the reference;
+  mouth landmark distance (LMD) against the reference; with ``--reference``, the phonetic sync of the reference
+  itself (``reference_phonetic``: its frames compared with the video, against its own sound from
+  ``--reference-start`` on), the real footage's own score that a driven video's phonetic sync is read against;
 - image quality against the reference (the same frames): PSNR, SSIM, and LPIPS with ``--lpips-weights DIR``;
 - mesh motion with ``--params PRED.npz --tracked SUBJECT``: LVE, FDD, FFE against the subject's tracked parameters of
   the same frames (:mod:`.motion`).
@@ -41,7 +43,7 @@ import numpy as np
 from ..errors import GftError
 from ..config import config_to_dict, resolve_device, validate
 from ..io.meta import package_versions
-from ..io.audio import AudioError, load_audio
+from ..io.audio import SAMPLE_RATE, AudioError, load_audio
 from ..tracking.landmarks import ClipLandmarks, detect_clip, make_detector
 from ..io.subject import Subject
 from ..atomic import save_npz, write_json, write_text
@@ -256,6 +258,21 @@ def _phonetic_sync(points: np.ndarray, wave: np.ndarray, fps: float, max_offset:
         return _unavailable(str(e))
 
 
+def _reference_phonetic(ref: VideoInfo, start: float, reference: tuple[np.ndarray, np.ndarray], fps: float,
+                        max_offset: int) -> dict:
+    """Phonetic sync of the reference itself: its landmarks (T, 68, 2) of the frames compared with the video, read
+    at the video's ``fps``, against its own sound from ``start`` s on (the real footage's own score)."""
+    if not ref.has_audio:
+        return _unavailable(f"the reference {ref.path} has no sound track")
+    if not reference[1].any():
+        return _unavailable("no reference frame has a face")
+    try:
+        wave = load_audio(ref.path)
+    except AudioError as e:
+        return _unavailable(f"reference: {e}")
+    return _phonetic_sync(reference[0], wave[round(start * SAMPLE_RATE):], fps, max_offset)
+
+
 def _syncnet(video: VideoInfo, points: np.ndarray, wave: np.ndarray, model: Any, cfg: EvalConfig) -> dict:
     """SyncNet scores of the video's first ``len(points)`` frames (SyncNet works at 25 fps: other rates are read
     resampled to 25 fps, each frame keeping the landmarks of the source frame nearest in time)."""
@@ -324,6 +341,9 @@ def evaluate_video(cfg: EvalConfig, index: int, video: VideoInfo, detector, ref:
     entry["stability"] = stab
     entry["lipsync"] = _lipsync_section(cfg, video, points, found, reference if reference_why is None else None,
                                         reference_why, syncnet_model)
+    if reference is not None:  # the mouth opening is in inter-ocular distances: any framing will do
+        entry["lipsync"]["reference_phonetic"] = _reference_phonetic(ref, align.start, reference, video.fps,
+                                                                     cfg.max_offset)
     if quality is not None:
         entry["image"] = quality.summary()
         if lpips is None:

@@ -106,6 +106,7 @@ _ROWS = (
     ("phonetic sync peak - median", "lipsync.phonetic.peak_minus_median"),
     ("open vowel > p/b/m AUC", "lipsync.phonetic.vowel_bilabial_auc"),
     ("phonetic sync beyond loudness", "lipsync.phonetic.beyond_loudness"),
+    ("reference's phonetic sync peak", "lipsync.reference_phonetic.peak"),
     ("SyncNet offset", "lipsync.syncnet.offset"),
     ("SyncNet min dist (LSE-D)", "lipsync.syncnet.min_dist"),
     ("SyncNet confidence (LSE-C)", "lipsync.syncnet.confidence"),

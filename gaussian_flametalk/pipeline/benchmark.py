@@ -15,6 +15,11 @@ Stability is the paper's §3.3 score, mean of M_d, V_m and H_f each normalised b
 beside it. The numbers come from the same ``gft drive`` and ``gft eval`` code a user would run by hand (a test checks
 equality). The paper's published rows (HDTF, GPU) are printed beside ours for reference, labelled as such.
 
+The weight-free table also has the real footage's own figures, from ``self.reference.mp4`` (the real test frames with
+their own sound, ``gft eval --reference``): its stability ("real frames' stability") and its phonetic sync peak
+("real frames' phonetic sync (peak)"), and "cross / real phonetic sync", the cross-reenactment phonetic sync peak
+(mean over the cross speech) over the real frames' (issue 15 asks it to be within 20 %: 0.8-1.2).
+
 Outputs in OUT (default SUBJECT/benchmark): ``self.mp4`` + ``self.reference.mp4``, ``cross_K.mp4`` (+ the TTS wavs),
 ``eval_self/``, ``eval_cross/`` (metrics.json, plots), and ``benchmark.json`` / ``benchmark.md`` written last. Several
 SUBJECTs give one table with a row each (in the first subject's OUT, or ``--out``).
@@ -113,6 +118,13 @@ def _mean(values: list) -> float | str:
     return next((v for v in values if isinstance(v, str)), f"{UNAVAILABLE}: no clip")
 
 
+def _ratio(num: float | str, den: float | str) -> float | str:
+    """num / den, or why not (a figure unavailable, or a denominator that is not positive)."""
+    if isinstance(num, str) or isinstance(den, str):
+        return num if isinstance(num, str) else den
+    return num / den if den > 0 else f"{UNAVAILABLE}: the denominator {den:.4f} is not positive"
+
+
 def _drive(cfg: BenchmarkConfig, subject: Subject, out: Path, speech: Path | None, name: str) -> Path:
     video = out / f"{name}.mp4"
     if not video.with_suffix(".meta.json").is_file():  # finished drives are reused: a re-run resumes
@@ -167,10 +179,13 @@ def benchmark_subject(cfg: BenchmarkConfig, subject: Subject, out: Path) -> dict
         "self phonetic sync (peak)": _number(own, "lipsync", "phonetic", "peak"),
         "self stability vs the real frames": _number(own, "stability", "score_vs_reference"),
         "real frames' stability": _number(own, "stability", "reference_score"),
+        "real frames' phonetic sync (peak)": _number(own, "lipsync", "reference_phonetic", "peak"),
         "cross envelope sync (peak - median)": _mean([_number(c, "lipsync", "envelope", "peak_minus_median")
                                                       for c in cross]),
         "cross phonetic sync (peak)": _mean([_number(c, "lipsync", "phonetic", "peak") for c in cross]),
     }
+    weight_free["cross / real phonetic sync"] = _ratio(weight_free["cross phonetic sync (peak)"],
+                                                       weight_free["real frames' phonetic sync (peak)"])
     return {"subject": str(subject.root), "figures": figures, "weight_free": weight_free,
             "stability_terms": {"self": own.get("stability", {}).get("terms"),
                                 "cross": [c.get("stability", {}).get("terms") for c in cross]},
@@ -191,7 +206,9 @@ def format_markdown(rows: list[dict]) -> str:
     unavailable = {c: r["figures"][c] for r in rows for c in COLUMNS if isinstance(r["figures"][c], str)}
     if unavailable:
         lines += ["", "Unavailable columns: " + "; ".join(f"{c}: {v.split(': ', 1)[-1]}" for c, v in unavailable.items())]
-    lines += ["", "Weight-free scores beside them (higher sync is better; stability lower is better):", ""]
+    lines += ["", "Weight-free scores beside them (higher sync is better; stability lower is better; the real frames' "
+                  "own figures are the reference, and cross / real phonetic sync is 1 where the cross-reenactment's "
+                  "lips follow the phones as closely as the real frames' do):", ""]
     keys = list(rows[0]["weight_free"])
     lines += ["| | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for r in rows:
