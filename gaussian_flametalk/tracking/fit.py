@@ -78,6 +78,9 @@ class FitConfig:
     robust_scale: float = field(default=0.05, metadata={"above": 0, "help": "pseudo-Huber scale of landmark residuals, in inter-ocular distances"})
     w_shape: float = field(default=1e-7, metadata={"min": 0, "help": "prior weight on shape coefficients"})
     w_expression: float = field(default=1e-5, metadata={"min": 0, "help": "prior weight on expression coefficients"})
+    w_expression_l1: float = field(default=0.0, metadata={"min": 0, "help": "sparsity (L1) prior weight on expression coefficients, per frame: the sum of the blend-shape weights (|x| for unbounded models); prefers few active components to many that cancel (../shared v4 with ICT-FaceKit: 1e-5 halves the summed weights and takes mouthStretch off mouthPucker, but raises the landmark error 2.45 -> 2.55 %% IOD and the lips' depth motion; off)"})
+    w_symmetry: float = field(default=0.0, metadata={"min": 0, "help": "prior weight on the squared difference of each left/right pair of expression components (*_L / *_R; gaze components excluded). On the ../shared clips with ICT-FaceKit 1e-4 cuts the mean |L - R| 3-5x at +0.00-0.03 %% IOD landmark error; FlameTalk's test LVE x mean expression fell on v1 / v2 / x1 and rose on v4 (BENCHMARKS.md), so off"})
+    w_smooth_expression: float = field(default=0.0, metadata={"min": 0, "help": "smoothing stage: weight of the acceleration of the expression coefficients themselves (changes of the landmark-invisible combination from frame to frame; ../shared v4: 1e-3 cuts the lips' frame-to-frame acceleration by a third at +0.01 %% IOD landmark error, but with --w-symmetry 1e-4 FlameTalk scored worse on v4 and x1 than without it; off)"})
     w_jaw_neck: float = field(default=1e-3, metadata={"min": 0, "help": "prior weight on jaw and neck rotations (radians)"})
     w_focal: float = field(default=1e-6, metadata={"min": 0, "help": "prior weight on log(focal / focal_init)"})
     w_smooth_rigid: float = field(default=0.5, metadata={"min": 0, "help": "weight of the acceleration of the rigidly moving head's 3D landmarks (IODs per frame^2)"})
@@ -170,6 +173,15 @@ def rescale_eyelids(points: torch.Tensor, observed: torch.Tensor, model_open: fl
     return out
 
 
+def symmetric_pairs(model: HeadModel) -> list[tuple[int, int]]:
+    """Index pairs (left, right) of the expression components named ``*_L`` / ``*_R`` (ARKit's naming, ICT-FaceKit),
+    gaze (``eyeLook*``) excluded: the eyes turn together, so one eye's "in" is the other's "out". Empty for models
+    without such names (FLAME)."""
+    names = list(model.expression_names)
+    return [(i, names.index(n[:-2] + "_R")) for i, n in enumerate(names)
+            if n.endswith("_L") and n[:-2] + "_R" in names and not n.startswith("eyeLook")]
+
+
 def _pseudo_huber(r2: torch.Tensor, s: float) -> torch.Tensor:
     """Quadratic below ``s``, linear above: outliers pull with bounded force, convergence from afar is kept."""
     return s * s * (torch.sqrt(1 + r2 / (s * s)) - 1)
@@ -201,6 +213,7 @@ class _Problem:
         self.eye_mask = torch.zeros(68, dtype=torch.bool, device=dev)
         self.eye_mask[IBUG68_PARTS["eye_right"].start: IBUG68_PARTS["eye_left"].stop] = True
         self.eye_columns = torch.as_tensor(eye_components(model), dtype=torch.long, device=dev)
+        self.pairs = torch.as_tensor(symmetric_pairs(model), dtype=torch.long, device=dev).reshape(-1, 2)
         observed = weight.sum(1) > 0
         iod = _eye_centre_distance(target)[observed]
         self.iod_px = float(iod.median()) if iod.numel() else float(min(width, height)) / 4
@@ -313,6 +326,8 @@ class _Problem:
         for name, weight, centre in self.priors(stage):
             x = v[name] - centre
             loss = loss + weight * (x.square().sum() if x.dim() < 2 else x.square().sum(1).mean())
+        if stage != "rigid":
+            loss = loss + self.expression_priors(self.params(v).expression)
         if stage in ("smooth", "eyes"):
             b = self.model.expression_bounds
             if b is not None:  # keep the raw values near the feasible box so clamping does not stall them
@@ -322,6 +337,18 @@ class _Problem:
             o = v["landmark_offset"]
             loss = loss + cfg.w_smooth_rigid * _accel(self.landmarks3d(p, o, rigid_only=True) / self.iod_model)
             loss = loss + cfg.w_smooth_motion * _accel(self.landmarks3d(p, o, local_only=True) / self.iod_model)
+            if cfg.w_smooth_expression > 0:
+                loss = loss + cfg.w_smooth_expression * _accel(p.expression)
+        return loss
+
+    def expression_priors(self, expression: torch.Tensor) -> torch.Tensor:
+        """The sparsity and left/right priors on (T, E) expression coefficients (means over frames)."""
+        cfg, loss = self.cfg, expression.new_zeros(())
+        if cfg.w_expression_l1 > 0:
+            loss = loss + cfg.w_expression_l1 * expression.abs().sum(1).mean()
+        if cfg.w_symmetry > 0 and self.pairs.numel():
+            d = expression[:, self.pairs[:, 0]] - expression[:, self.pairs[:, 1]]
+            loss = loss + cfg.w_symmetry * d.square().sum(1).mean()
         return loss
 
     def reprojection(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -380,6 +407,21 @@ def _solve_lm(problem: _Problem, stage: str, shared: list[str], iters: int, prog
             sl = slice(sum(sizes_s[:i]), sum(sizes_s[: i + 1]))
             hs[sl], cs[sl] = 2 * weight, centre
 
+    # the sparsity prior's gradient (the weights' signs; +1 inside a box that starts at 0) and the left/right prior's
+    # Hessian, a coupling inside each frame's block, on the expression columns: the loss's own derivatives (the
+    # quadratic priors above enter the step with half theirs, hx / 2; the accepted steps decrease the true loss)
+    l1_x = torch.zeros_like(hx)
+    sym_x = torch.zeros(len(hx), len(hx), dtype=w.dtype, device=w.device)
+    if "expression" in frame:
+        o = sum(sizes_x[: frame.index("expression")])
+        n_e = sizes_x[frame.index("expression")]
+        l1_x[o: o + n_e] = cfg.w_expression_l1 / T
+        if cfg.w_symmetry > 0:
+            for i, j in problem.pairs.tolist():
+                for r_, c_, sgn in ((i, i, 1.0), (j, j, 1.0), (i, j, -1.0), (j, i, -1.0)):
+                    sym_x[o + r_, o + c_] += sgn * 2 * cfg.w_symmetry / T
+    signed_l1 = not (b is not None and b[0] >= 0)  # unbounded (or negative) weights: |x| has the sign's gradient
+
     x = torch.cat([v0[n] for n in frame], 1).detach()
     sh = torch.cat([v0[n].reshape(-1) for n in shared]).detach() if shared else torch.zeros(0, dtype=w.dtype, device=w.device)
     residual = lambda xx, ss: problem.residuals(split(xx, ss), mask)  # noqa: E731
@@ -408,6 +450,11 @@ def _solve_lm(problem: _Problem, stage: str, shared: list[str], iters: int, prog
         V = (js.transpose(1, 2) @ (wr * js)).sum(0) + torch.diag(hs / 2)
         gx = (jx.transpose(1, 2) @ (wr * rf))[..., 0] + hx / 2 * (x - cx)
         gs = (js.transpose(1, 2) @ (wr * rf)).sum(0)[:, 0] + hs / 2 * (sh - cs)
+        if cfg.w_expression_l1 > 0:
+            gx = gx + (l1_x * torch.where(x < 0, -1.0, 1.0).to(x) if signed_l1 else l1_x)
+        if cfg.w_symmetry > 0:
+            U = U + sym_x
+            gx = gx + x @ sym_x
         if bounded:  # projected Newton: unknowns held at a bound by their gradient are frozen for this step
             active = ((x <= lo_x) & (gx > 0)) | ((x >= hi_x) & (gx < 0))  # (T, n_x)
             keep = (~active).to(x.dtype)
