@@ -15,11 +15,11 @@ shoulders, collar and torso, not the avatar's job (where the shoulders rise to t
 alone left them to the head Gaussians, which drew them a few pixels off). Beside the neck column the torso begins
 right under the jaw outline (landmarks 0-16), at most ``SHOULDER_RISE`` face heights above the chin, and at that
 height beyond the outline's ends: a shoulder or collar that leans up past the chin row next to the jaw (x1) is torso
-too, while the face above the outline and the ears, which end higher, stay head. The head's colour and alpha are trusted
-only where the loss trained them, so the same ``keep`` ramp (``TORSO_RAMP`` of the image height) weighs the person
-pixels in the training loss (:func:`training_target`) and the head in the composite: on the torso the output is the
-source frame (collar, shoulders and shirt untouched, no smear of untrained head alpha), inside the ramp the rendered
-neck fades into the source neck, beyond it the render is used as trained.
+too, while the face above the outline and the ears, which end higher, stay head. The head's colour and alpha are
+trusted only where the loss trained them, so the same ``keep`` ramp (``TORSO_RAMP`` of the image height) weighs the
+person pixels in the training loss (:func:`training_target`) and the head in the composite: on the torso the output
+is the source frame (collar, shoulders and shirt untouched, no smear of untrained head alpha), inside the ramp the
+rendered neck fades into the source neck, beyond it the render is used as trained.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ TORSO_RAMP = 0.04
 #: pixels beyond it (shoulders) are torso.
 NECK_HALF_WIDTH = 0.4
 #: Beside the neck column the torso begins under the jaw outline, but at most this many face heights above the chin
-#: (an ear lobe ends about 0.45 face heights above it).
+#: (the ears end higher: on the ../shared clips the line passes below their lobes).
 SHOULDER_RISE = 0.3
 
 
