@@ -17,10 +17,10 @@ Estimate (:func:`estimate_audio_offset`), from the mouth opening of the tracked 
 ``confidence`` is the combined curve's peak minus its median (the scores' ``peak_minus_median``). The estimate is
 *reliable* when the confidence is at least ``clear_confidence`` (0.3), or at least ``min_confidence`` (0.2) with the
 two scores' own whole-frame offsets within one frame of each other (without phones: 0.3 alone). Measured (25 fps,
-detected landmarks): own sound 0.33-0.53 on v1, v2, v4, x1 (whole clips, also with delays of -120..+300 ms planted, and v4's first 4, 6, 8
-s, where the envelope score alone peaks at +8..+15 frames but the combined curve is right); another clip's or
-speech track's sound (16 pairs) at most 0.24, and then with the two scores' offsets apart (-11/+11 frames, ...),
-the pairs whose offsets agree at most 0.18.
+detected landmarks): own sound 0.33-0.53 on v1, v2, v4, x1 (whole clips, also with delays of -120..+300 ms
+planted, and v4's first 4, 6, 8 s, where the envelope score alone peaks at +8..+15 frames but the combined curve is
+right); another clip's or speech track's sound (16 pairs) at most 0.24, and then with the two scores' offsets apart
+(-11/+11 frames, ...), the pairs whose offsets agree at most 0.18.
 
 Applying it (:func:`auto_offset`): an estimate within ``tolerance_s`` (45 ms, a frame at 25 fps and a little) of 0
 is taken as in sync and nothing is shifted: speech in sync scores a peak 0-40 ms "late" (the lips lead the sound as
